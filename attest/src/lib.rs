@@ -1,0 +1,1 @@
+//! enclaveid-attest: SEV-SNP evidence server and client verifier.

@@ -1,0 +1,1 @@
+//! Pure verification of SEV-SNP evidence.

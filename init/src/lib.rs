@@ -1,0 +1,1 @@
+//! enclaveid-init: secret bootstrap and workload certificates.

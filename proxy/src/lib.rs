@@ -1,0 +1,1 @@
+//! enclaveid-proxy: the mTLS sidecar that replaces Envoy.

@@ -1,1 +1,249 @@
-//! (in progress)
+//! Throwaway CAs and leaves for tests, minted per test with rcgen: a good workload leaf, and the
+//! bad ones a verifier must refuse (another CA, expired, not yet valid, wrong SAN, a CA
+//! certificate used as a leaf, a wrong extended key usage). Never enabled in a binary.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+use crate::identity::{service_dns_names, SpiffeId, DEFAULT_TRUST_DOMAIN};
+
+/// A CA that lives for the duration of a test.
+pub struct TestCa {
+    params: CertificateParams,
+    key: KeyPair,
+    cert: rcgen::Certificate,
+}
+
+/// A minted certificate with its key, as PEM and DER.
+#[derive(Clone)]
+pub struct TestCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// The certificate, DER.
+    pub der: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for TestCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestCert(..)")
+    }
+}
+
+/// What to put in a leaf.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    /// URI SANs.
+    pub uris: Vec<String>,
+    /// DNS SANs.
+    pub dns: Vec<String>,
+    /// IP SANs.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+    /// Extended key usages.
+    pub ekus: Vec<ExtendedKeyUsagePurpose>,
+    /// Mark the leaf as a CA (basicConstraints CA:TRUE), which a verifier must refuse.
+    pub is_ca: bool,
+}
+
+impl LeafSpec {
+    /// A leaf for service account `sa` in namespace `default`: its SPIFFE ID, the two service
+    /// DNS names, `localhost` and 127.0.0.1, valid from an hour ago for a day, client+server auth.
+    #[must_use]
+    pub fn workload(sa: &str) -> Self {
+        let id = SpiffeId::new(DEFAULT_TRUST_DOMAIN, "default", sa)
+            .expect("test service account names are valid segments");
+        let mut dns = service_dns_names(sa, "default");
+        dns.push("localhost".to_owned());
+        let now = OffsetDateTime::now_utc();
+        Self {
+            uris: vec![id.to_string()],
+            dns,
+            ips: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+            not_before: now - Duration::hours(1),
+            not_after: now + Duration::days(1),
+            ekus: vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+            is_ca: false,
+        }
+    }
+
+    /// Validity moved entirely into the past.
+    #[must_use]
+    pub fn expired(mut self) -> Self {
+        let now = OffsetDateTime::now_utc();
+        self.not_before = now - Duration::days(2);
+        self.not_after = now - Duration::days(1);
+        self
+    }
+
+    /// Validity moved entirely into the future.
+    #[must_use]
+    pub fn not_yet_valid(mut self) -> Self {
+        let now = OffsetDateTime::now_utc();
+        self.not_before = now + Duration::days(1);
+        self.not_after = now + Duration::days(2);
+        self
+    }
+}
+
+impl TestCa {
+    /// A fresh P-256 root CA with the given common name.
+    #[must_use]
+    pub fn new(common_name: &str) -> Self {
+        let key = KeyPair::generate().expect("P-256 key generation does not fail");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs to parse");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(30);
+        let cert = params
+            .self_signed(&key)
+            .expect("self-signing a fresh CA does not fail");
+        Self { params, key, cert }
+    }
+
+    /// The CA certificate, PEM.
+    #[must_use]
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// The CA certificate, DER.
+    #[must_use]
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// The CA certificate and key together, as a leaf-shaped bundle (to present a CA as a leaf).
+    #[must_use]
+    pub fn as_cert(&self) -> TestCert {
+        TestCert {
+            cert_pem: self.cert.pem(),
+            key_pem: self.key.serialize_pem(),
+            der: self.cert.der().clone(),
+        }
+    }
+
+    /// Issues a leaf from a spec.
+    #[must_use]
+    pub fn issue(&self, spec: &LeafSpec) -> TestCert {
+        let key = KeyPair::generate().expect("P-256 key generation does not fail");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs to parse");
+        let cn = spec
+            .uris
+            .first()
+            .or(spec.dns.first())
+            .cloned()
+            .unwrap_or_else(|| "test leaf".to_owned());
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for uri in &spec.uris {
+            params.subject_alt_names.push(SanType::URI(
+                uri.clone().try_into().expect("test URIs are IA5"),
+            ));
+        }
+        for dns in &spec.dns {
+            params.subject_alt_names.push(SanType::DnsName(
+                dns.clone().try_into().expect("test DNS names are IA5"),
+            ));
+        }
+        for ip in &spec.ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        params.not_before = spec.not_before;
+        params.not_after = spec.not_after;
+        params.extended_key_usages.clone_from(&spec.ekus);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if spec.is_ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        }
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("signing a test leaf does not fail");
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A valid leaf for service account `sa` (see [`LeafSpec::workload`]).
+    #[must_use]
+    pub fn workload(&self, sa: &str) -> TestCert {
+        self.issue(&LeafSpec::workload(sa))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::PeerIdentity;
+    use crate::tls::{Material, TlsError};
+
+    #[test]
+    fn workload_leaf_verifies_and_bad_ones_do_not() {
+        let ca = TestCa::new("test CA");
+        let good = ca.workload("frontend");
+        let m = Material::from_pem(
+            ca.cert_pem().as_bytes(),
+            good.cert_pem.as_bytes(),
+            good.key_pem.as_bytes(),
+            ["ca", "cert", "key"],
+        )
+        .unwrap();
+        assert_eq!(
+            m.identity().uris,
+            ["spiffe://cluster.local/ns/default/sa/frontend"]
+        );
+        assert_eq!(
+            PeerIdentity::from_der(&good.der)
+                .unwrap()
+                .spiffe_id()
+                .unwrap()
+                .service_account(),
+            "frontend"
+        );
+
+        let rogue = TestCa::new("rogue CA").workload("frontend");
+        let expired = ca.issue(&LeafSpec::workload("x").expired());
+        for (bad, what) in [(&rogue, "rogue"), (&expired, "expired")] {
+            let err = Material::from_pem(
+                ca.cert_pem().as_bytes(),
+                bad.cert_pem.as_bytes(),
+                bad.key_pem.as_bytes(),
+                ["ca", "cert", "key"],
+            )
+            .unwrap_err();
+            assert!(matches!(err, TlsError::Untrusted { .. }), "{what}: {err}");
+        }
+        let other_key = ca.workload("y").key_pem;
+        let err = Material::from_pem(
+            ca.cert_pem().as_bytes(),
+            good.cert_pem.as_bytes(),
+            other_key.as_bytes(),
+            ["ca", "cert", "key"],
+        )
+        .unwrap_err();
+        assert!(matches!(err, TlsError::Key(_)), "{err}");
+    }
+}

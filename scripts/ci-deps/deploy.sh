@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Tools for the deployment checks (helm/tests, attest/image/tests, docs/diagrams):
+#   helm (Go module, pinned), kubernetes-validate (PyPI, pinned; ships the Kubernetes schemas),
+#   pytest, umoci + skopeo (Debian; build real OCI images in the verify-image tests), graphviz.
+# Idempotent: every part checks before it installs.
+set -euo pipefail
+HELM_VERSION="v3.22.0"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+PYTEST_VERSION="8.3.4"
+
+missing=()
+for tool in umoci skopeo dot; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get install -y -qq --no-install-recommends umoci skopeo graphviz >/dev/null
+fi
+
+gobin="$(go env GOPATH)/bin"
+if ! "$gobin/helm" version --short 2>/dev/null | grep -q "^${HELM_VERSION}"; then
+  echo "installing helm ${HELM_VERSION} with go install (takes a few minutes)"
+  go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+fi
+"$gobin/helm" version --short
+
+if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -q "^Version: ${KUBERNETES_VALIDATE_VERSION}$"; then
+  python3 -m pip install -q "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+fi
+if ! python3 -m pytest --version >/dev/null 2>&1; then
+  python3 -m pip install -q "pytest==${PYTEST_VERSION}"
+fi

@@ -27,14 +27,36 @@ while IFS= read -r -d '' produced; do
   name="$(basename "${produced}" _bin.cdx.json)"
   mv "${produced}" "sbom/${name}.cdx.json"
   count=$((count + 1))
-  python3 - "sbom/${name}.cdx.json" <<'PY'
+  # cargo metadata (which cargo-cyclonedx reads) lists optional dependencies that are named only
+  # by a weak feature (`ring?/alloc` in rustls-webpki) as if they were built. Prune every
+  # component that `cargo tree` does not compile into any workspace binary for this target, and
+  # say so. (The workspace-wide set, not this binary's: an image build that compiles several
+  # binaries at once unifies their features, so this never under-lists.)
+  cargo tree --workspace -e normal,build --target "${TARGET}" --prefix none --format '{p}' \
+    | awk '{print $1 "@" $2}' | sed 's/@v/@/' | sort -u > "sbom/.${name}.built"
+  python3 - "sbom/${name}.cdx.json" "sbom/.${name}.built" <<'PY'
 import json, sys
-bom = json.load(open(sys.argv[1]))
-comps = bom.get("components", [])
-no_licence = [c["name"] for c in comps if not c.get("licenses")]
-print(f"{sys.argv[1]}: CycloneDX {bom['specVersion']}, {len(comps)} components, "
-      f"{len(no_licence)} without a licence {no_licence[:5]}")
+path, built_path = sys.argv[1], sys.argv[2]
+built = set(open(built_path).read().split())
+bom = json.load(open(path))
+keep, pruned = [], []
+for c in bom.get("components", []):
+    (keep if f"{c['name']}@{c['version']}" in built else pruned).append(c)
+refs = {c["bom-ref"] for c in keep} | {bom["metadata"]["component"]["bom-ref"]}
+bom["components"] = keep
+deps = []
+for d in bom.get("dependencies", []):
+    if d["ref"] in refs:
+        d["dependsOn"] = [x for x in d.get("dependsOn", []) if x in refs]
+        deps.append(d)
+bom["dependencies"] = deps
+json.dump(bom, open(path, "w"), indent=2)
+no_licence = [c["name"] for c in keep if not c.get("licenses")]
+print(f"{path}: CycloneDX {bom['specVersion']}, {len(keep)} components, "
+      f"{len(no_licence)} without a licence {no_licence[:5]}; pruned (not built): "
+      f"{sorted(c['name'] + '@' + c['version'] for c in pruned)}")
 PY
+  rm -f "sbom/.${name}.built"
 done < <(find . -path ./target -prune -o -path ./sbom -prune -o -name '*_bin.cdx.json' -print0)
 for bin in enclaveid-proxy enclaveid-init enclaveid-attest; do
   [ -s "sbom/${bin}.cdx.json" ] || { echo "no SBOM produced for ${bin}" >&2; exit 1; }

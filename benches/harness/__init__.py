@@ -1,0 +1,1 @@
+"""End-to-end benchmark harness for the two-hop mesh path (stdlib only, loopback only)."""

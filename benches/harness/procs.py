@@ -1,0 +1,170 @@
+"""Starting, watching and stopping the real programs of a run (stopped by PID, never by name).
+
+Every process is started in its own session, remembered in a registry, and killed at exit even
+when the harness fails. Listeners are awaited by connecting to them, with a deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_LIVE: list[subprocess.Popen] = []
+
+
+def _kill_all() -> None:
+    for p in list(_LIVE):
+        stop(p)
+
+
+atexit.register(_kill_all)
+
+
+class PortAllocator:
+    """Hands out loopback ports below the kernel's ephemeral range, checking each is free.
+
+    Staying below 32768 keeps our listeners out of the way of other programs that bind port 0.
+    """
+
+    def __init__(self, base: int) -> None:
+        self._next = base
+
+    def take(self) -> int:
+        while True:
+            port = self._next
+            self._next += 1
+            if self._next >= 32768:
+                raise RuntimeError("ran out of ports below the ephemeral range")
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+@dataclass
+class Proc:
+    """A started program: its Popen, a short name and its log file."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    extra_pids: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def start(name: str, argv: list[str], logdir: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> Proc:
+    """Starts `argv` in its own session with stdout and stderr going to `logdir/name.log`."""
+    log = logdir / f"{name}.log"
+    fh = log.open("ab")
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    p = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env=full_env, cwd=cwd, start_new_session=True)
+    fh.close()
+    _LIVE.append(p)
+    return Proc(name=name, popen=p, log=log)
+
+
+def stop(p: subprocess.Popen | Proc, grace: float = 5.0) -> None:
+    """SIGTERM to the process group we created, then SIGKILL after `grace` seconds."""
+    popen = p.popen if isinstance(p, Proc) else p
+    if popen.poll() is None:
+        try:
+            os.killpg(popen.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            popen.wait()
+    if popen in _LIVE:
+        _LIVE.remove(popen)
+
+
+def wait_listening(port: int, proc: Proc, deadline_s: float = 20.0) -> None:
+    """Connects to 127.0.0.1:`port` until it accepts; fails fast if `proc` exits."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; log: "
+                               f"{tail(proc.log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{proc.name} not listening on {port} after {deadline_s}s; log: "
+                       f"{tail(proc.log)}")
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (nginx master + workers, for example)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `kB` field of /proc/PID/status (VmHWM, VmRSS, ...), 0 if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_kib(pid: int, key: str) -> int:
+    """Sum of a status field over a process and its descendants."""
+    return sum(status_kib(p, key) for p in tree_pids(pid))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree so far (clock ticks from /proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick

@@ -1,0 +1,305 @@
+{{/*
+The EnclaveID containers, shared by the workload Deployment and the `helm test` pod.
+Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and attest only.
+*/}}
+
+{{- define "enclaveid.container.initSecrets" -}}
+- name: init-secrets
+  image: {{ include "enclaveid.image" (dict "root" . "image" .Values.images.init "field" "images.init") }}
+  imagePullPolicy: {{ .Values.imagePullPolicy }}
+  args:
+    - secrets
+    {{- include "enclaveid.vaultArgs" . | nindent 4 }}
+    {{- if .Values.vault.releasePolicy }}
+    - --release-policy
+    - /etc/enclaveid/release-policy/release-policy.json
+    {{- end }}
+    {{- with .Values.init.secrets.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  env:
+    {{- include "enclaveid.commonEnv" . | nindent 4 }}
+  securityContext:
+    {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
+  resources:
+    {{- toYaml .Values.init.resources | nindent 4 }}
+  {{- if or (eq (include "enclaveid.devVault" .) "true") .Values.vault.releasePolicy }}
+  volumeMounts:
+    {{- if eq (include "enclaveid.devVault" .) "true" }}
+    - name: dev-vault
+      mountPath: {{ .Values.vault.dev.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- if .Values.vault.releasePolicy }}
+    - name: release-policy
+      mountPath: /etc/enclaveid/release-policy
+      readOnly: true
+    {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{- define "enclaveid.container.initProxy" -}}
+- name: init-proxy
+  image: {{ include "enclaveid.image" (dict "root" . "image" .Values.images.init "field" "images.init") }}
+  imagePullPolicy: {{ .Values.imagePullPolicy }}
+  args:
+    - proxy
+    {{- include "enclaveid.vaultArgs" . | nindent 4 }}
+    - --out
+    - /run/enclaveid/tls
+    - --validity
+    - {{ .Values.init.leafValidity | quote }}
+    {{- include "enclaveid.identityArgs" . | nindent 4 }}
+    {{- with .Values.init.proxy.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  env:
+    {{- include "enclaveid.commonEnv" . | nindent 4 }}
+    {{- with (include "enclaveid.evidenceEnv" . | trim) }}{{ . | nindent 4 }}{{- end }}
+  securityContext:
+    {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
+  resources:
+    {{- include "enclaveid.evidenceResources" (dict "root" . "resources" .Values.init.resources) | nindent 4 }}
+  volumeMounts:
+    - name: enclaveid-tls
+      mountPath: /run/enclaveid/tls
+    {{- if eq (include "enclaveid.devVault" .) "true" }}
+    - name: dev-vault
+      mountPath: {{ .Values.vault.dev.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- with (include "enclaveid.evidenceMounts" . | trim) }}{{ . | nindent 4 }}{{- end }}
+{{- end -}}
+
+{{/* Args: dict "root" $ "configMap" NAME "native" BOOL "inbound" BOOL */}}
+{{- define "enclaveid.container.proxy" -}}
+{{- $root := .root -}}
+- name: proxy
+  image: {{ include "enclaveid.image" (dict "root" $root "image" $root.Values.images.proxy "field" "images.proxy") }}
+  imagePullPolicy: {{ $root.Values.imagePullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  env:
+    - name: ENCLAVEID_PROXY_CONFIG
+      value: /etc/enclaveid/proxy/proxy.yaml
+    {{- include "enclaveid.commonEnv" $root | nindent 4 }}
+  ports:
+    {{- if .inbound }}
+    {{- range $root.Values.proxy.inbound }}
+    - name: {{ printf "in-%s" .name | trunc 15 | trimSuffix "-" }}
+      containerPort: {{ .port }}
+      protocol: TCP
+    {{- end }}
+    {{- end }}
+    - name: proxy-admin
+      containerPort: {{ $root.Values.proxy.adminPort }}
+      protocol: TCP
+  startupProbe:
+    httpGet:
+      path: /ready
+      port: proxy-admin
+    periodSeconds: 1
+    failureThreshold: 120
+  readinessProbe:
+    httpGet:
+      path: /ready
+      port: proxy-admin
+    periodSeconds: 5
+  livenessProbe:
+    httpGet:
+      path: /live
+      port: proxy-admin
+    periodSeconds: 10
+  securityContext:
+    {{- include "enclaveid.containerSecurityContext" $root | nindent 4 }}
+  resources:
+    {{- toYaml $root.Values.proxy.resources | nindent 4 }}
+  volumeMounts:
+    - name: enclaveid-tls
+      mountPath: /run/enclaveid/tls
+      readOnly: true
+    - name: proxy-config
+      mountPath: /etc/enclaveid/proxy
+      readOnly: true
+{{- end -}}
+
+{{/* Args: dict "root" $ "native" BOOL */}}
+{{- define "enclaveid.container.renew" -}}
+{{- $root := .root -}}
+- name: renew
+  image: {{ include "enclaveid.image" (dict "root" $root "image" $root.Values.images.init "field" "images.init") }}
+  imagePullPolicy: {{ $root.Values.imagePullPolicy }}
+  {{- if .native }}
+  restartPolicy: Always
+  {{- end }}
+  args:
+    - renew
+    {{- include "enclaveid.vaultArgs" $root | nindent 4 }}
+    - --out
+    - /run/enclaveid/tls
+    - --validity
+    - {{ $root.Values.init.leafValidity | quote }}
+    {{- include "enclaveid.identityArgs" $root | nindent 4 }}
+    {{- with $root.Values.renew.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  env:
+    {{- include "enclaveid.commonEnv" $root | nindent 4 }}
+    {{- with (include "enclaveid.evidenceEnv" $root | trim) }}{{ . | nindent 4 }}{{- end }}
+  securityContext:
+    {{- include "enclaveid.containerSecurityContext" $root | nindent 4 }}
+  resources:
+    {{- include "enclaveid.evidenceResources" (dict "root" $root "resources" $root.Values.renew.resources) | nindent 4 }}
+  volumeMounts:
+    - name: enclaveid-tls
+      mountPath: /run/enclaveid/tls
+    {{- if eq (include "enclaveid.devVault" $root) "true" }}
+    - name: dev-vault
+      mountPath: {{ $root.Values.vault.dev.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- with (include "enclaveid.evidenceMounts" $root | trim) }}{{ . | nindent 4 }}{{- end }}
+{{- end -}}
+
+{{/*
+The attestation server. It terminates TLS with the pod's leaf key (read-only mount of the key
+tmpfs): that key's SPKI is what the evidence binds, so clients that verify it can pin it.
+*/}}
+{{- define "enclaveid.container.attest" -}}
+- name: attest
+  image: {{ include "enclaveid.image" (dict "root" . "image" .Values.images.attest "field" "images.attest") }}
+  imagePullPolicy: {{ .Values.imagePullPolicy }}
+  args:
+    - serve
+    - --listen
+    - {{ printf "0.0.0.0:%d" (int .Values.attest.port) | quote }}
+    - --admin-listen
+    - {{ printf "0.0.0.0:%d" (int .Values.attest.adminPort) | quote }}
+    - --tls-cert
+    - /run/enclaveid/tls/cert.pem
+    - --tls-key
+    - /run/enclaveid/tls/key.pem
+    - --provider
+    - {{ include "enclaveid.provider" . }}
+    {{- with .Values.attest.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  env:
+    {{- include "enclaveid.commonEnv" . | nindent 4 }}
+    {{- with (include "enclaveid.evidenceEnv" . | trim) }}{{ . | nindent 4 }}{{- end }}
+  ports:
+    - name: attest
+      containerPort: {{ .Values.attest.port }}
+      protocol: TCP
+    - name: attest-admin
+      containerPort: {{ .Values.attest.adminPort }}
+      protocol: TCP
+  readinessProbe:
+    httpGet:
+      path: /ready
+      port: attest-admin
+    periodSeconds: 5
+  livenessProbe:
+    tcpSocket:
+      port: attest-admin
+    periodSeconds: 10
+  securityContext:
+    {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
+  resources:
+    {{- include "enclaveid.evidenceResources" (dict "root" . "resources" .Values.attest.resources) | nindent 4 }}
+  volumeMounts:
+    - name: enclaveid-tls
+      mountPath: /run/enclaveid/tls
+      readOnly: true
+    {{- with (include "enclaveid.evidenceMounts" . | trim) }}{{ . | nindent 4 }}{{- end }}
+{{- end -}}
+
+{{/* The app containers from values: hardened, loopback-only mesh access, no key volume. */}}
+{{- define "enclaveid.container.apps" -}}
+{{- $root := . -}}
+{{- range $i, $c := .Values.app.containers }}
+- name: {{ $c.name }}
+  image: {{ include "enclaveid.appImage" (dict "root" $root "image" $c.image "field" (printf "app.containers[%d].image" $i)) }}
+  imagePullPolicy: {{ $root.Values.imagePullPolicy }}
+  {{- with $c.command }}
+  command:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.args }}
+  args:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.workingDir }}
+  workingDir: {{ . }}
+  {{- end }}
+  {{- if or $root.Values.proxy.outbound $c.env }}
+  env:
+    {{- range $root.Values.proxy.outbound }}
+    - name: {{ printf "ENCLAVEID_OUTBOUND_%s" (.name | upper | replace "-" "_") }}
+      value: {{ printf "127.0.0.1:%d" (int .port) | quote }}
+    {{- end }}
+    {{- with $c.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+  {{- with $c.ports }}
+  ports:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- range $probe := list "startupProbe" "readinessProbe" "livenessProbe" }}
+  {{- with (get $c $probe) }}
+  {{ $probe }}:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- end }}
+  securityContext:
+    {{- include "enclaveid.containerSecurityContext" $root | nindent 4 }}
+  {{- with $c.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: app-tmp
+      mountPath: /tmp
+    {{- if and (eq $root.Values.deployment "kata-cc") $root.Values.kataCC.remotefs.enabled }}
+    - name: remotefs
+      mountPath: {{ $root.Values.kataCC.remotefs.mountPath }}
+      mountPropagation: HostToContainer
+      readOnly: true
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "enclaveid.container.remotefs" -}}
+{{- if not .Values.kataCC.remotefs.allowPrivileged -}}
+{{- fail "kataCC.remotefs.enabled = true: the remotefs sidecar runs privileged with /dev to mount dm-crypt volumes; set kataCC.remotefs.allowPrivileged=true to accept that one exception" -}}
+{{- end -}}
+- name: remotefs
+  image: {{ include "enclaveid.image" (dict "root" . "image" .Values.images.remotefs "field" "images.remotefs") }}
+  imagePullPolicy: {{ .Values.imagePullPolicy }}
+  command: ["/encfs.sh"]
+  env:
+    - name: EncfsSideCarArgs
+      value: {{ required "kataCC.remotefs.args is required when kataCC.remotefs.enabled (base64 JSON of the sidecar arguments)" .Values.kataCC.remotefs.args | quote }}
+    - name: UVM_SECURITY_CONTEXT_DIR
+      value: /opt/confidential-containers/share/kata-containers
+  securityContext:
+    # The documented exception (kataCC.remotefs.allowPrivileged): dm-crypt needs it.
+    privileged: true
+    allowPrivilegeEscalation: true
+    readOnlyRootFilesystem: false
+    runAsNonRoot: false
+    runAsUser: 0
+    seccompProfile:
+      type: RuntimeDefault
+  volumeMounts:
+    - name: uvm-reference-info
+      mountPath: /opt/confidential-containers/share/kata-containers/reference-info-base64
+      readOnly: true
+    - name: uvm-dev
+      mountPath: /dev
+    - name: remotefs
+      mountPath: {{ .Values.kataCC.remotefs.mountPath }}
+      mountPropagation: Bidirectional
+{{- end -}}

@@ -1,0 +1,236 @@
+{{/*
+Names, labels, mode resolution, image references (with the digest guard) and the hardened
+container security context. Every template goes through these, so a guard here holds for all.
+*/}}
+
+{{- define "enclaveid.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "enclaveid.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "enclaveid.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "enclaveid.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "enclaveid.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "enclaveid.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: enclaveid
+enclaveid.io/deployment: {{ .Values.deployment }}
+{{- end -}}
+
+{{- define "enclaveid.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "enclaveid.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" or "false": confidentiality.enabled, or what the mode implies when it is null. */}}
+{{- define "enclaveid.confidential" -}}
+{{- if kindIs "bool" .Values.confidentiality.enabled -}}
+{{- .Values.confidentiality.enabled -}}
+{{- else -}}
+{{- ne .Values.deployment "microk8s" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when every image must be pinned by digest: aks, kata-cc, or confidentiality on. */}}
+{{- define "enclaveid.requireDigests" -}}
+{{- or (ne .Values.deployment "microk8s") (eq (include "enclaveid.confidential" .) "true") -}}
+{{- end -}}
+
+{{- define "enclaveid.workloadIdentity" -}}
+{{- if kindIs "bool" .Values.workloadIdentity.enabled -}}
+{{- .Values.workloadIdentity.enabled -}}
+{{- else -}}
+{{- eq (include "enclaveid.confidential" .) "true" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "enclaveid.provider" -}}
+{{- $p := .Values.attest.provider -}}
+{{- if not $p -}}
+{{- $p = get (dict "microk8s" "simulated" "aks" "vtpm" "kata-cc" "sev-guest") .Values.deployment -}}
+{{- end -}}
+{{- if and (eq $p "simulated") (eq (include "enclaveid.confidential" .) "true") -}}
+{{- fail "attest.provider = \"simulated\": refused while confidentiality is on (it signs with a test chain); use vtpm (aks) or sev-guest (kata-cc)" -}}
+{{- end -}}
+{{- $p -}}
+{{- end -}}
+
+{{- define "enclaveid.vaultUrl" -}}
+{{- $url := .Values.vault.url -}}
+{{- $confidential := eq (include "enclaveid.confidential" .) "true" -}}
+{{- if not $url -}}
+{{- if $confidential -}}
+{{- fail (printf "vault.url is required in %s mode: akv:https://NAME.vault.azure.net" .Values.deployment) -}}
+{{- end -}}
+{{- $url = printf "dir:%s" .Values.vault.dev.mountPath -}}
+{{- end -}}
+{{- if and $confidential (not (hasPrefix "akv:" $url)) -}}
+{{- fail (printf "vault.url = %q: confidentiality is on, so the master secret must come from AKV through SKR (akv:https://NAME.vault.azure.net)" $url) -}}
+{{- end -}}
+{{- if not (or (hasPrefix "akv:https://" $url) (hasPrefix "dir:/" $url)) -}}
+{{- fail (printf "vault.url = %q: must be akv:https://NAME.vault.azure.net or dir:/ABSOLUTE/PATH" $url) -}}
+{{- end -}}
+{{- $url -}}
+{{- end -}}
+
+{{- define "enclaveid.devVault" -}}
+{{- hasPrefix "dir:" (include "enclaveid.vaultUrl" .) -}}
+{{- end -}}
+
+{{/*
+An image reference from {repository, tag, digest}. Args: dict "root" $ "image" <map> "field" "images.x".
+The digest wins over the tag. Outside microk8s (or with confidentiality on) a digest is required.
+*/}}
+{{- define "enclaveid.image" -}}
+{{- $img := .image -}}
+{{- $field := .field -}}
+{{- if $img.digest -}}
+{{- if not (regexMatch "^sha256:[a-f0-9]{64}$" $img.digest) -}}
+{{- fail (printf "%s.digest = %q: not a digest (want sha256:<64 lowercase hex>)" $field $img.digest) -}}
+{{- end -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else if eq (include "enclaveid.requireDigests" .root) "true" -}}
+{{- fail (printf "%s.digest is required in %s mode (confidentiality on): every image must be pinned by digest, e.g. pass helm/images.yaml (make helm-chart) or --set %s.digest=sha256:..." $field .root.Values.deployment $field) -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (required (printf "%s.tag or %s.digest is required" $field $field) $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An app image given as one string; outside microk8s it must end in @sha256:<64 hex>. */}}
+{{- define "enclaveid.appImage" -}}
+{{- $ref := .image -}}
+{{- if and (eq (include "enclaveid.requireDigests" .root) "true") (not (regexMatch "@sha256:[a-f0-9]{64}$" $ref)) -}}
+{{- fail (printf "%s = %q: must be pinned by digest (NAME@sha256:<64 hex>) in %s mode" .field $ref .root.Values.deployment) -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
+{{/* The hardened security context every container gets. */}}
+{{- define "enclaveid.containerSecurityContext" -}}
+runAsNonRoot: true
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The workload's identity: SPIFFE URI and DNS names (shared with init and renew). */}}
+{{- define "enclaveid.spiffeId" -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .Values.trustDomain .Release.Namespace (include "enclaveid.serviceAccountName" .) -}}
+{{- end -}}
+
+{{- define "enclaveid.identityArgs" -}}
+{{- $svc := include "enclaveid.fullname" . -}}
+- --uri
+- {{ include "enclaveid.spiffeId" . | quote }}
+- --dns
+- {{ printf "%s.%s.svc.%s" $svc .Release.Namespace .Values.trustDomain | quote }}
+- --dns
+- {{ printf "%s.%s.svc" $svc .Release.Namespace | quote }}
+{{- range .Values.init.extraDnsNames }}
+- --dns
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment shared by our containers. */}}
+{{- define "enclaveid.commonEnv" -}}
+- name: LOG_FORMAT
+  value: {{ .Values.proxy.logFormat | quote }}
+- name: RUST_LOG
+  value: {{ .Values.proxy.logLevel | quote }}
+{{- end -}}
+
+{{/* Arguments that select the vault and SKR, for init proxy/renew. */}}
+{{- define "enclaveid.vaultArgs" -}}
+- --vault
+- {{ include "enclaveid.vaultUrl" . | quote }}
+{{- if hasPrefix "akv:" (include "enclaveid.vaultUrl" .) }}
+- --key-name
+- {{ .Values.vault.keyName | quote }}
+{{- if .Values.vault.maaEndpoint }}
+- --maa
+- {{ .Values.vault.maaEndpoint | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Device access for the containers that produce SNP evidence (init proxy, renew, attest). */}}
+{{- define "enclaveid.evidenceResources" -}}
+{{- $res := deepCopy (default dict .resources) -}}
+{{- if eq .root.Values.deployment "aks" -}}
+{{- $limits := default dict $res.limits -}}
+{{- $_ := set $limits .root.Values.aks.vtpm.resourceName "1" -}}
+{{- $_ := set $res "limits" $limits -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{- define "enclaveid.evidenceMounts" -}}
+{{- if eq .Values.deployment "kata-cc" }}
+- name: sev-guest
+  mountPath: {{ .Values.kataCC.sevGuestDevice }}
+{{- end }}
+{{- end -}}
+
+{{- define "enclaveid.evidenceEnv" -}}
+{{- if eq .Values.deployment "aks" }}
+- name: ENCLAVEID_TCTI
+  value: {{ .Values.aks.vtpm.tcti | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The proxy config (issue 2's contract) as a dict, rendered to YAML by the ConfigMaps. */}}
+{{- define "enclaveid.proxyConfig" -}}
+{{- $cfg := dict "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.proxy.adminPort))) -}}
+{{- $_ := set $cfg "tls" (dict "ca" "/run/enclaveid/tls/ca.pem" "cert" "/run/enclaveid/tls/cert.pem" "key" "/run/enclaveid/tls/key.pem") -}}
+{{- if .Values.proxy.defaults -}}
+{{- $_ := set $cfg "defaults" .Values.proxy.defaults -}}
+{{- end -}}
+{{- $_ := set $cfg "drain_timeout_ms" (int .Values.proxy.drainTimeoutMs) -}}
+{{- $inbound := list -}}
+{{- range $i, $l := .Values.proxy.inbound -}}
+{{- if not (regexMatch "^(127\\.[0-9]+\\.[0-9]+\\.[0-9]+|\\[::1\\]|localhost):[0-9]+$" $l.forward) -}}
+{{- fail (printf "proxy.inbound[%d].forward = %q: must be a loopback address (127.0.0.1:PORT): the app is reached only through the proxy" $i $l.forward) -}}
+{{- end -}}
+{{- $entry := dict "name" $l.name "listen" (printf "0.0.0.0:%d" (int $l.port)) "forward" $l.forward "protocol" (default "tcp" $l.protocol) -}}
+{{- if $l.allow -}}
+{{- $_ := set $entry "allow" $l.allow -}}
+{{- end -}}
+{{- $inbound = append $inbound $entry -}}
+{{- end -}}
+{{- $_ := set $cfg "inbound" $inbound -}}
+{{- $outbound := list -}}
+{{- range $i, $l := .Values.proxy.outbound -}}
+{{- $entry := dict "name" $l.name "listen" (printf "127.0.0.1:%d" (int $l.port)) "upstream" $l.upstream "protocol" (default "tcp" $l.protocol) -}}
+{{- if $l.serverName -}}
+{{- $_ := set $entry "server_name" $l.serverName -}}
+{{- end -}}
+{{- $outbound = append $outbound $entry -}}
+{{- end -}}
+{{- $_ := set $cfg "outbound" $outbound -}}
+{{- toYaml $cfg -}}
+{{- end -}}

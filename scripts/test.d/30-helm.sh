@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The Helm chart: helm lint and helm template in every mode, kubernetes-validate on every render,
+# assertions on the rendered pods, and the real enclaveid-proxy checking the rendered config
+# (built by 10-cargo.sh). Tools: scripts/ci-deps/deploy.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PATH="$PATH:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
+export PATH
+if ! command -v helm >/dev/null; then
+  echo "helm not found: run scripts/ci-deps/deploy.sh (go install helm.sh/helm/v3/cmd/helm@v3.22.0)" >&2
+  exit 1
+fi
+python3 -m pytest -q -p no:cacheprovider helm/tests

@@ -454,3 +454,35 @@ fn azure_cvm_tooling_vectors_parse_and_quote_verifies() {
     let out = verify_report(&hcl.snp_report, &certs, &[], &Policy::default(), now());
     assert_fails(&out, "report.signature");
 }
+
+/// The worked example in docs/attestation.md shows exactly what `verify-report` prints for the
+/// confidential-containers report; this keeps the page honest.
+#[test]
+fn worked_example_in_docs_is_exact() {
+    let Some(dir) = support::testdata() else {
+        return;
+    };
+    let raw = read(&dir, "confidential-sidecar-containers/snp_report.bin");
+    let vcek = read(
+        &dir,
+        "confidential-sidecar-containers/uvm_host_amd_certificate.pem",
+    );
+    let rendered = verify_report(&raw, &vcek, &[], &Policy::default(), now()).to_string();
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/attestation.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap();
+    let start = doc
+        .find("<!-- worked-example-output -->")
+        .expect("marker in docs/attestation.md");
+    let block = &doc[start..];
+    let body_start = block.find("```text\n").unwrap() + "```text\n".len();
+    let body_end = block[body_start..].find("```").unwrap() + body_start;
+    let shown = &block[body_start..body_end];
+    if std::env::var_os("PRINT_WORKED_EXAMPLE").is_some() {
+        println!("{rendered}");
+    }
+    assert_eq!(
+        shown.trim_end(),
+        rendered.trim_end(),
+        "docs/attestation.md worked example is stale"
+    );
+}

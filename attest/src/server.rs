@@ -1,0 +1,325 @@
+//! The HTTPS attestation server: `GET /attestation?nonce=HEX` answers with evidence bound to
+//! the client's nonce and to the `SubjectPublicKeyInfo` of the TLS key this server presents, plus
+//! an admin listener with `/metrics` and `/ready`.
+//!
+//! The evidence is produced on a blocking thread (the providers talk to devices) with a
+//! deadline; a failing provider gets a 503 with the reason and the server goes on serving.
+
+mod admin;
+pub mod handler;
+pub mod metrics;
+pub mod ratelimit;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::provider::EvidenceProvider;
+pub use metrics::Metrics;
+use ratelimit::TokenBucket;
+
+/// Default HTTPS port of the attestation server.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:15443";
+/// Default admin port (`/metrics`, `/ready`), plain HTTP.
+pub const DEFAULT_ADMIN: &str = "0.0.0.0:15010";
+
+/// Tunables of the server. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Sustained `/attestation` requests per second admitted (token refill rate). Default 10.
+    pub rate_per_second: f64,
+    /// Bucket size: requests admitted in a burst. Default 20.
+    pub rate_burst: u32,
+    /// Deadline for one piece of evidence. Default 30 s.
+    pub provider_timeout: Duration,
+    /// Connections served at once; further ones wait in the accept queue. Default 256.
+    pub max_connections: usize,
+    /// Deadline for the TLS handshake and for the request head. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 10.0,
+            rate_burst: 20,
+            provider_timeout: Duration::from_secs(30),
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What failed while setting the server up.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A certificate or key file could not be read or parsed.
+    #[error("{field}={path}: {reason}")]
+    TlsFile {
+        /// The flag naming the file.
+        field: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// rustls refused the certificate and key.
+    #[error("the TLS certificate and key do not make a server configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Binding or accepting failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The server's TLS identity: the rustls config and the SHA-256 of the leaf's SPKI, which every
+/// piece of evidence commits to.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    config: Arc<rustls::ServerConfig>,
+    spki_sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("spki_sha256", &hex::encode(self.spki_sha256))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsIdentity {
+    /// Loads a PEM certificate chain (leaf first) and a PEM private key.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, ServerError> {
+        let tls_file = |field, path: &Path, reason: String| ServerError::TlsFile {
+            field,
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| tls_file("--tls-cert", cert, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(tls_file("--tls-cert", cert, "no CERTIFICATE block".into()));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| tls_file("--tls-key", key, e.to_string()))?;
+        Self::new(certs, key_der).map_err(|e| match e {
+            ServerError::TlsFile { reason, .. } => tls_file("--tls-cert", cert, reason),
+            other => other,
+        })
+    }
+
+    /// Builds the identity from DER parts.
+    pub fn new(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, ServerError> {
+        let leaf = certs.first().ok_or_else(|| ServerError::TlsFile {
+            field: "--tls-cert",
+            path: PathBuf::new(),
+            reason: "empty certificate chain".into(),
+        })?;
+        let spki = crate::tls::spki_of_certificate(leaf).map_err(|e| ServerError::TlsFile {
+            field: "--tls-cert",
+            path: PathBuf::new(),
+            reason: e.to_string(),
+        })?;
+        let spki_sha256 = enclaveid_attest_verifier::binding::spki_sha256(&spki);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+            spki_sha256,
+        })
+    }
+
+    /// SHA-256 of the leaf certificate's `SubjectPublicKeyInfo`.
+    #[must_use]
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        self.spki_sha256
+    }
+}
+
+/// Shared state of one server.
+pub(crate) struct State {
+    pub(crate) provider: Arc<dyn EvidenceProvider>,
+    pub(crate) spki_sha256: [u8; 32],
+    pub(crate) bucket: TokenBucket,
+    pub(crate) metrics: Metrics,
+    pub(crate) options: ServeOptions,
+    pub(crate) ready: watch::Sender<bool>,
+}
+
+/// A running server's handle: its addresses and a way to stop it.
+pub struct Server {
+    /// The HTTPS address actually bound.
+    pub local_addr: SocketAddr,
+    /// The admin address actually bound.
+    pub admin_addr: SocketAddr,
+    /// The metrics the server updates.
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Server {
+    /// Binds both listeners and starts serving on the current tokio runtime.
+    pub async fn start(
+        listen: SocketAddr,
+        admin: SocketAddr,
+        identity: TlsIdentity,
+        provider: Arc<dyn EvidenceProvider>,
+        options: ServeOptions,
+    ) -> Result<Self, ServerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Io {
+                    what: format!("binding {addr}"),
+                    source,
+                })
+        };
+        let listener = bind(listen).await?;
+        let admin_listener = bind(admin).await?;
+        let local_addr = local_addr_of(&listener)?;
+        let admin_addr = local_addr_of(&admin_listener)?;
+        let metrics = Metrics::new();
+        let (ready, _) = watch::channel(false);
+        let state = Arc::new(State {
+            provider,
+            spki_sha256: identity.spki_sha256,
+            bucket: TokenBucket::new(options.rate_per_second, options.rate_burst),
+            metrics: metrics.clone(),
+            options,
+            ready,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(handler::warm_up(state.clone(), shutdown_rx.clone()));
+        tasks.spawn(admin::serve(
+            admin_listener,
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(identity.config),
+            state,
+            shutdown_rx,
+        ));
+        info!(%local_addr, %admin_addr, spki_sha256 = %hex::encode(identity.spki_sha256), "attestation server listening");
+        Ok(Self {
+            local_addr,
+            admin_addr,
+            metrics,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting and waits for the listener tasks to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Runs until one of the server's tasks ends (which only happens on a fatal error).
+    pub async fn wait(mut self) {
+        let _ = self.tasks.join_next().await;
+    }
+}
+
+fn local_addr_of(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
+    listener.local_addr().map_err(|source| ServerError::Io {
+        what: "reading the bound address".into(),
+        source,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(state.options.max_connections.max(1)));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let timeout = state.options.handshake_timeout;
+            let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    debug!(%peer, %error, "tls handshake failed");
+                    state
+                        .metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["error"])
+                        .inc();
+                    return;
+                }
+                Err(_) => {
+                    state
+                        .metrics
+                        .tls_handshake_failures
+                        .with_label_values(&["timeout"])
+                        .inc();
+                    return;
+                }
+            };
+            state.metrics.open_connections.inc();
+            let service = hyper::service::service_fn({
+                let state = state.clone();
+                move |request| handler::handle(state.clone(), request)
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .max_buf_size(16 * 1024);
+            builder.http2().max_concurrent_streams(16);
+            if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+                debug!(%peer, %error, "connection ended with an error");
+            }
+            state.metrics.open_connections.dec();
+        });
+    }
+}

@@ -1,0 +1,398 @@
+//! The three commands. Each verifies before it writes: `secrets` refuses a stored CA
+//! certificate that does not belong to the master secret, `proxy` and `renew` check the CA
+//! certificate against the re-derived key before anything reaches the output directory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use enclaveid_pki::derive::{derive_ca_key, MasterSecret};
+use enclaveid_pki::issue::{self, Ca, CaParams, LeafRequest};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::cli::{AuthMode, Command, ProxyArgs, SecretsArgs, VaultArgs};
+use crate::output::{OutputDir, CERT_FILE};
+use crate::policy::{PolicyFlags, ReleasePolicy};
+use crate::retry::RetryPolicy;
+use crate::skr::MaaClient;
+use crate::vault::akv::{AkvOptions, AkvVault, KeySpec, SkrSetup};
+use crate::vault::dir::DirVault;
+use crate::vault::{Provisioned, Vault, VaultError};
+use crate::ConfigError;
+
+/// System trust anchors for the release JWS chain (Debian and distroless layout).
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Runs a parsed command line.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Secrets(args) => secrets(&args).await,
+        Command::Proxy(args) => proxy(&args).await,
+        Command::Renew(args) => renew(&args).await,
+    }
+}
+
+/// Either back-end, chosen by `--vault`.
+#[derive(Debug)]
+pub enum AnyVault {
+    /// `dir:PATH`.
+    Dir(DirVault),
+    /// `akv:URL`.
+    Akv(Box<AkvVault>),
+}
+
+impl Vault for AnyVault {
+    fn describe(&self) -> String {
+        match self {
+            Self::Dir(v) => v.describe(),
+            Self::Akv(v) => v.describe(),
+        }
+    }
+    async fn ensure_master_secret(&self) -> Result<Provisioned, VaultError> {
+        match self {
+            Self::Dir(v) => v.ensure_master_secret().await,
+            Self::Akv(v) => v.ensure_master_secret().await,
+        }
+    }
+    async fn master_secret(&self) -> Result<MasterSecret, VaultError> {
+        match self {
+            Self::Dir(v) => v.master_secret().await,
+            Self::Akv(v) => v.master_secret().await,
+        }
+    }
+    async fn ca_cert(&self) -> Result<Option<String>, VaultError> {
+        match self {
+            Self::Dir(v) => v.ca_cert().await,
+            Self::Akv(v) => v.ca_cert().await,
+        }
+    }
+    async fn put_ca_cert(&self, pem: &str) -> Result<(), VaultError> {
+        match self {
+            Self::Dir(v) => v.put_ca_cert(pem).await,
+            Self::Akv(v) => v.put_ca_cert(pem).await,
+        }
+    }
+}
+
+/// Opens the vault named by `--vault`; `create` is the key to make if `secrets` finds none.
+pub fn open_vault(args: &VaultArgs, create: Option<KeySpec>) -> anyhow::Result<AnyVault> {
+    if let Some(path) = args.vault.strip_prefix("dir:") {
+        if path.is_empty() {
+            return Err(ConfigError::field("--vault", &args.vault, "dir: needs a path").into());
+        }
+        let vault = DirVault::open(Path::new(path))
+            .map_err(|e| ConfigError::field("--vault", &args.vault, &e.to_string()))?;
+        return Ok(AnyVault::Dir(vault));
+    }
+    let Some(url) = args.vault.strip_prefix("akv:") else {
+        return Err(ConfigError::field(
+            "--vault",
+            &args.vault,
+            "expected akv:https://NAME.vault.azure.net or dir:PATH",
+        )
+        .into());
+    };
+    let extra_roots = match &args.tls_ca_file {
+        Some(path) => load_roots(path)?,
+        None => Vec::new(),
+    };
+    let skr = match (&args.maa, &args.evidence) {
+        (Some(maa), Some(evidence)) => {
+            let http = crate::vault::akv::http_client(&extra_roots)
+                .context("building the MAA HTTP client")?;
+            let mut jws_roots = extra_roots.clone();
+            if Path::new(SYSTEM_ROOTS).exists() {
+                jws_roots.extend(load_roots(Path::new(SYSTEM_ROOTS))?);
+            }
+            Some(SkrSetup {
+                maa: MaaClient::new(maa, http),
+                evidence: crate::evidence::provider(evidence)?,
+                jws_roots,
+            })
+        }
+        _ => None,
+    };
+    let credential = credential(args.auth)?;
+    let options = AkvOptions {
+        url: url.to_owned(),
+        key_name: args.key_name.clone(),
+        ca_secret_name: args.ca_secret_name.clone(),
+        extra_roots,
+        emulator: args.vault_emulator,
+        retry: RetryPolicy {
+            deadline: args.retry_deadline,
+            ..RetryPolicy::default()
+        },
+    };
+    let vault = AkvVault::new(options, credential, create, skr)
+        .map_err(|e| ConfigError::field("--vault", &args.vault, &e.to_string()))?;
+    Ok(AnyVault::Akv(Box::new(vault)))
+}
+
+fn load_roots(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let roots = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| {
+            ConfigError::field("--tls-ca-file", &path.display().to_string(), &e.to_string())
+        })?;
+    if roots.is_empty() {
+        return Err(ConfigError::field(
+            "--tls-ca-file",
+            &path.display().to_string(),
+            "no certificates in file",
+        )
+        .into());
+    }
+    Ok(roots)
+}
+
+fn credential(mode: AuthMode) -> anyhow::Result<Arc<dyn azure_core::credentials::TokenCredential>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mode = match mode {
+        AuthMode::Auto if env("AZURE_FEDERATED_TOKEN_FILE").is_some() => AuthMode::WorkloadIdentity,
+        AuthMode::Auto if env("AZURE_CLIENT_SECRET").is_some() => AuthMode::ClientSecret,
+        AuthMode::Auto => AuthMode::ManagedIdentity,
+        other => other,
+    };
+    let bad =
+        |e: azure_core::Error| ConfigError::field("--auth", &format!("{mode:?}"), &e.to_string());
+    Ok(match mode {
+        AuthMode::WorkloadIdentity => {
+            azure_identity::WorkloadIdentityCredential::new(None).map_err(bad)?
+        }
+        AuthMode::ClientSecret => {
+            let need = |k: &'static str| {
+                env(k).ok_or_else(|| {
+                    ConfigError::field("--auth", "client-secret", &format!("{k} is not set"))
+                })
+            };
+            azure_identity::ClientSecretCredential::new(
+                &need("AZURE_TENANT_ID")?,
+                need("AZURE_CLIENT_ID")?,
+                need("AZURE_CLIENT_SECRET")?.into(),
+                None,
+            )
+            .map_err(bad)?
+        }
+        AuthMode::ManagedIdentity | AuthMode::Auto => {
+            azure_identity::ManagedIdentityCredential::new(None).map_err(bad)?
+        }
+    })
+}
+
+/// `enclaveid-init secrets`.
+pub async fn secrets(args: &SecretsArgs) -> anyhow::Result<()> {
+    let akv = args.vault.vault.starts_with("akv:");
+    let create = if akv {
+        let policy = match (&args.release_policy, &args.host_data) {
+            (Some(path), _) => ReleasePolicy::from_file(path)?,
+            (None, Some(host_data)) => {
+                let authority = args.vault.maa.clone().ok_or_else(|| {
+                    ConfigError::field("--maa", "", "required to build the release policy")
+                })?;
+                ReleasePolicy::from_flags(&PolicyFlags {
+                    authority,
+                    host_data: host_data.clone(),
+                    compliance_status: args.compliance_status.clone(),
+                })?
+            }
+            (None, None) => {
+                return Err(ConfigError::field(
+                    "--release-policy",
+                    "",
+                    "give a policy file, or --host-data (and --maa) to build one",
+                )
+                .into())
+            }
+        };
+        Some(KeySpec {
+            kty: args.key_type.clone(),
+            size: args.key_size,
+            policy,
+        })
+    } else {
+        None
+    };
+    let vault = open_vault(&args.vault, create)?;
+    let provisioned = vault
+        .ensure_master_secret()
+        .await
+        .context("making sure the master secret exists")?;
+    tracing::info!(vault = %vault.describe(), state = ?provisioned, "master secret");
+    let secret = vault
+        .master_secret()
+        .await
+        .context("bringing the master secret into memory")?;
+    let key = derive_ca_key(&secret);
+    drop(secret);
+    let now = OffsetDateTime::now_utc();
+    match vault
+        .ca_cert()
+        .await
+        .context("reading the CA certificate")?
+    {
+        Some(pem) => {
+            let verified = issue::verify_ca_cert(&key, &pem, now).context(
+                "refusing to continue: the stored CA certificate does not belong to the master secret (or is unusable)",
+            )?;
+            tracing::info!(not_after = %verified.not_after, "CA certificate present and verified; nothing to do");
+        }
+        None => {
+            let mut params = CaParams::new(now);
+            params.common_name.clone_from(&args.ca_cn);
+            params.not_after = now + args.ca_validity;
+            let pem = issue::self_signed_ca(&key, &params).context("making the CA certificate")?;
+            vault
+                .put_ca_cert(&pem)
+                .await
+                .context("storing the CA certificate")?;
+            tracing::info!(not_after = %params.not_after, "CA certificate created and stored");
+        }
+    }
+    Ok(())
+}
+
+/// Checks the SANs: at least one; URIs with the `spiffe` scheme must be valid SPIFFE ids.
+fn check_sans(args: &ProxyArgs) -> Result<(), ConfigError> {
+    if args.dns.is_empty() && args.uri.is_empty() {
+        return Err(ConfigError::field(
+            "--dns/--uri",
+            "",
+            "give at least one SAN",
+        ));
+    }
+    for uri in &args.uri {
+        if uri.starts_with("spiffe://") {
+            enclaveid_pki::identity::SpiffeId::parse(uri)
+                .map_err(|e| ConfigError::field("--uri", uri, &e.to_string()))?;
+        } else if !uri.contains("://") {
+            return Err(ConfigError::field("--uri", uri, "not a URI"));
+        }
+    }
+    Ok(())
+}
+
+/// Everything before the first write: SANs checked, output directory checked, secret released,
+/// CA certificate verified against the re-derived key.
+async fn prepare(args: &ProxyArgs) -> anyhow::Result<(Ca, OutputDir)> {
+    check_sans(args)?;
+    let out = OutputDir::new(&args.out, args.allow_disk).map_err(|e| {
+        ConfigError::field("--out", &args.out.display().to_string(), &e.to_string())
+    })?;
+    let vault = open_vault(&args.vault, None)?;
+    let secret = vault
+        .master_secret()
+        .await
+        .context("releasing the master secret")?;
+    let key = derive_ca_key(&secret);
+    drop(secret);
+    let pem = vault
+        .ca_cert()
+        .await
+        .context("reading the CA certificate")?
+        .ok_or_else(|| VaultError::NotFound {
+            vault: vault.describe(),
+            what: "CA certificate".into(),
+        })?;
+    let ca = Ca::new(key, &pem, OffsetDateTime::now_utc())
+        .context("the CA certificate from the vault failed verification; nothing was written")?;
+    Ok((ca, out))
+}
+
+fn issue_and_write(
+    ca: &Ca,
+    out: &OutputDir,
+    args: &ProxyArgs,
+) -> anyhow::Result<(OffsetDateTime, OffsetDateTime)> {
+    let now = OffsetDateTime::now_utc();
+    if now > ca.cert().not_after {
+        anyhow::bail!("the CA certificate expired at {}", ca.cert().not_after);
+    }
+    let mut request = LeafRequest::new(args.dns.clone(), args.uri.clone(), now);
+    request.validity = time::Duration::try_from(args.validity).map_err(|e| {
+        ConfigError::field(
+            "--validity",
+            &format!("{:?}", args.validity),
+            &e.to_string(),
+        )
+    })?;
+    let leaf = ca
+        .issue_leaf(&request)
+        .context("issuing the leaf certificate")?;
+    out.write(&ca.cert().pem, &leaf)
+        .context("writing the TLS files")?;
+    tracing::info!(dir = %out.path().display(), not_after = %leaf.not_after, "leaf certificate written");
+    Ok((leaf.not_before, leaf.not_after))
+}
+
+/// `enclaveid-init proxy`.
+pub async fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
+    let (ca, out) = prepare(args).await?;
+    issue_and_write(&ca, &out, args)?;
+    Ok(())
+}
+
+/// How long to wait before re-issuing a leaf valid over `[not_before, not_after]`: until 2/3
+/// of its lifetime, and not at all if that moment has passed.
+#[must_use]
+pub fn renewal_delay(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Duration {
+    let lifetime = not_after - not_before;
+    let due = not_before + lifetime * 2 / 3;
+    Duration::try_from(due - now).unwrap_or(Duration::ZERO)
+}
+
+/// The validity of the certificate already in the output directory, if one is readable.
+fn existing_validity(out: &OutputDir) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let pem = std::fs::read(out.path().join(CERT_FILE)).ok()?;
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = parsed.parse_x509().ok()?;
+    Some((
+        cert.validity().not_before.to_datetime(),
+        cert.validity().not_after.to_datetime(),
+    ))
+}
+
+/// `enclaveid-init renew`: runs until SIGTERM/SIGINT.
+pub async fn renew(args: &ProxyArgs) -> anyhow::Result<()> {
+    let (ca, out) = prepare(args).await?;
+    let mut validity = match existing_validity(&out) {
+        Some(v) => v,
+        None => issue_and_write(&ca, &out, args)?,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        let delay = renewal_delay(validity.0, validity.1, OffsetDateTime::now_utc());
+        tracing::info!(in_seconds = delay.as_secs(), "next renewal scheduled");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+        }
+        validity = issue_and_write(&ca, &out, args)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_at_two_thirds() {
+        let nb = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let na = nb + time::Duration::hours(24);
+        assert_eq!(renewal_delay(nb, na, nb), Duration::from_secs(16 * 3600));
+        assert_eq!(
+            renewal_delay(nb, na, nb + time::Duration::hours(10)),
+            Duration::from_secs(6 * 3600)
+        );
+        assert_eq!(renewal_delay(nb, na, na), Duration::ZERO);
+    }
+}

@@ -1,0 +1,457 @@
+//! The `http` data path: a hyper server (HTTP/1.1 and HTTP/2, chosen by ALPN or the h2 preface)
+//! in front of pooled hyper clients. Inbound forwards to the app (HTTP/1.1, or h2c for gRPC);
+//! outbound forwards to the peer sidecar over mTLS with ALPN h2, except `Upgrade` requests,
+//! which take an HTTP/1.1 connection so that WebSocket and friends pass through. The
+//! `x-forwarded-client-cert` header is removed from everything that arrives and, inbound, set to
+//! the verified peer identity.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use enclaveid_pki::identity::PeerIdentity;
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, TE, UPGRADE,
+};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::{AppProtocol, Inbound, Limits, Outbound};
+use crate::listener::{Kind, Listener};
+use crate::mesh::MeshConnector;
+use crate::metrics::ListenerMetrics;
+use crate::tls_state::TlsState;
+use crate::Shared;
+
+/// The header Envoy uses for the verified client certificate.
+pub(crate) static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Response bodies: the upstream's, or one we made (502).
+pub(crate) type Body = Either<Incoming, Full<Bytes>>;
+
+/// Pooled clients from an inbound listener to the app.
+pub(crate) struct AppClients {
+    h1: Client<HttpConnector, Incoming>,
+    h2: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    mode: AppProtocol,
+    server: auto::Builder<TokioExecutor>,
+}
+
+impl AppClients {
+    /// Builds the clients for one inbound listener.
+    pub(crate) fn new(config: &Inbound) -> Result<Self, http::Error> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.limits.connect_timeout));
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.limits.idle_timeout);
+        let h1 = b.build(connector.clone());
+        let h2 = b.http2_only(true).build(connector);
+        Ok(Self {
+            h1,
+            h2,
+            authority: config.forward.to_string().parse()?,
+            mode: config.app_protocol,
+            server: server(&config.limits),
+        })
+    }
+}
+
+/// Pooled mTLS clients from an outbound listener to the peer sidecar.
+pub(crate) struct PeerClients {
+    mesh: Client<MeshConnector, Incoming>,
+    mesh_h1: Client<MeshConnector, Incoming>,
+    authority: Authority,
+    server: auto::Builder<TokioExecutor>,
+}
+
+impl PeerClients {
+    /// Builds the clients for one outbound listener.
+    pub(crate) fn new(
+        config: &Outbound,
+        tls: Arc<TlsState>,
+        metrics: ListenerMetrics,
+    ) -> Result<Self, http::Error> {
+        let connector = MeshConnector::new(config, tls, metrics, false);
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.limits.idle_timeout);
+        let mesh = b.build(connector.clone());
+        let mesh_h1 = b.build(connector.http1_only());
+        Ok(Self {
+            mesh,
+            mesh_h1,
+            authority: config.upstream.to_string().parse()?,
+            server: server(&config.limits),
+        })
+    }
+}
+
+fn server(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// The Envoy-format XFCC value for a verified peer: `By`, `Hash`, `Subject`, `URI`, `DNS`.
+#[must_use]
+pub(crate) fn xfcc(
+    own: &PeerIdentity,
+    cert: Option<&[u8]>,
+    peer: &PeerIdentity,
+) -> Option<HeaderValue> {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let cert = cert?;
+    let mut v = String::with_capacity(256);
+    if let Some(by) = own.uris.first().or(own.dns_names.first()) {
+        let _ = write!(v, "By={by};");
+    }
+    v.push_str("Hash=");
+    for b in sha2::Sha256::digest(cert) {
+        let _ = write!(v, "{b:02x}");
+    }
+    if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) {
+        let subject = parsed
+            .subject()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        let _ = write!(v, ";Subject=\"{subject}\"");
+    }
+    if let Some(uri) = peer.uris.first() {
+        let _ = write!(v, ";URI={uri}");
+    }
+    for dns in &peer.dns_names {
+        let _ = write!(v, ";DNS={dns}");
+    }
+    HeaderValue::from_str(&v).ok()
+}
+
+/// Serves HTTP on a verified inbound mTLS connection.
+pub(crate) async fn serve_inbound<T>(
+    io: T,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    xfcc: Option<HeaderValue>,
+    shared: &Arc<Shared>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Kind::Inbound { app: Some(app), .. } = &listener.kind else {
+        return;
+    };
+    let builder = app.server.clone();
+    serve(io, peer, listener, xfcc, builder, shared).await;
+}
+
+/// Serves HTTP on a plaintext outbound connection from the app.
+pub(crate) async fn serve_outbound<T>(
+    io: T,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    shared: &Arc<Shared>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Kind::Outbound {
+        peer: Some(clients),
+        ..
+    } = &listener.kind
+    else {
+        return;
+    };
+    let builder = clients.server.clone();
+    serve(io, peer, listener, None, builder, shared).await;
+}
+
+async fn serve<T>(
+    io: T,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    xfcc: Option<HeaderValue>,
+    builder: auto::Builder<TokioExecutor>,
+    shared: &Arc<Shared>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(AtomicU64::new(0));
+    let idle = match &listener.kind {
+        Kind::Inbound { config, .. } => config.limits.idle_timeout,
+        Kind::Outbound { config, .. } => config.limits.idle_timeout,
+    };
+    let io = Counting {
+        inner: io,
+        m: listener.metrics.clone(),
+        activity: activity.clone(),
+    };
+    let tracker = shared.tracker.clone();
+    let l = listener.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        forward(req, l.clone(), xfcc.clone(), tracker.clone())
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut tick = tokio::time::interval_at(Instant::now() + idle, idle);
+    let (mut seen, mut draining) = (0, false);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(listener = listener.name(), peer = %peer, error = %e, "http connection ended with an error");
+                }
+                return;
+            }
+            () = shared.shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick() => {
+                let now = activity.load(Ordering::Relaxed);
+                if now == seen {
+                    debug!(listener = listener.name(), peer = %peer, "idle timeout");
+                    return;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE)
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `te: trailers` (gRPC needs it) and, on
+/// an upgrade, `connection` and `upgrade`.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    if !upgrade {
+        if let Some(conn) = h
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+        {
+            for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !name.eq_ignore_ascii_case("te") {
+                    h.remove(name);
+                }
+            }
+        }
+        h.remove(CONNECTION);
+        h.remove(UPGRADE);
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "transfer-encoding",
+    ] {
+        h.remove(name);
+    }
+    if h.get(TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        h.remove(TE);
+    }
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    listener: Arc<Listener>,
+    xfcc: Option<HeaderValue>,
+    tracker: tokio_util::task::TaskTracker,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let m = &listener.metrics;
+    req.headers_mut().remove(&XFCC);
+    if let Some(v) = xfcc {
+        req.headers_mut().insert(XFCC.clone(), v);
+    }
+    let upgrade = is_upgrade(&req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let (false, Some(a)) = (req.headers().contains_key(HOST), parts.authority.as_ref()) {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            req.headers_mut().insert(HOST, v);
+        }
+    }
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    *req.version_mut() = Version::HTTP_11;
+    let result = match &listener.kind {
+        Kind::Inbound { app: Some(app), .. } => {
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(app.authority.clone());
+            set_uri(&mut req, parts);
+            let h2 = !upgrade
+                && (app.mode == AppProtocol::Http2
+                    || app.mode == AppProtocol::Auto && is_grpc(&req));
+            if h2 {
+                app.h2.request(req).await
+            } else {
+                app.h1.request(req).await
+            }
+        }
+        Kind::Outbound {
+            peer: Some(peer), ..
+        } => {
+            parts.scheme = Some(Scheme::HTTPS);
+            parts.authority = Some(peer.authority.clone());
+            set_uri(&mut req, parts);
+            if upgrade {
+                peer.mesh_h1.request(req).await
+            } else {
+                peer.mesh.request(req).await
+            }
+        }
+        _ => unreachable!("http listeners always have clients"),
+    };
+    let resp = match result {
+        Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(down) = down_upgrade {
+                    let up = hyper::upgrade::on(&mut resp);
+                    let name = listener.name().to_owned();
+                    tracker.spawn(async move {
+                        match tokio::try_join!(down, up) {
+                            Ok((d, u)) => {
+                                let r = tokio::io::copy_bidirectional(
+                                    &mut TokioIo::new(d),
+                                    &mut TokioIo::new(u),
+                                )
+                                .await;
+                                debug!(listener = name, result = ?r, "upgraded connection closed");
+                            }
+                            Err(e) => debug!(listener = name, error = %e, "upgrade failed"),
+                        }
+                    });
+                }
+            } else {
+                strip_hop_by_hop(resp.headers_mut(), false);
+            }
+            resp.headers_mut().remove(&XFCC);
+            resp.map(Either::Left)
+        }
+        Err(e) => {
+            m.upstream_failures.inc();
+            let cause = std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            warn!(listener = listener.name(), error = %e, cause, "upstream request failed");
+            let mut r = Response::new(Either::Right(Full::from("upstream unavailable\n")));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+    };
+    m.response(resp.status().as_u16());
+    m.duration.observe(start.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+fn set_uri(req: &mut Request<Incoming>, mut parts: http::uri::Parts) {
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all present, which is all `from_parts` checks.
+    *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+}
+
+/// Counts bytes on the accepted connection (metrics and the idle check).
+struct Counting<T> {
+    inner: T,
+    m: ListenerMetrics,
+    activity: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.m.to_upstream.inc_by(n);
+            self.activity.fetch_add(n, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.count(n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.count(n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T> Counting<T> {
+    fn count(&self, n: usize) {
+        self.m.to_downstream.inc_by(n as u64);
+        self.activity.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

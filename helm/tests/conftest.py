@@ -54,6 +54,7 @@ def mode_args(mode, extra=()):
     if mode == "kata-cc":
         policy = str(FIXTURES / "kata-policy.rego")
         args += ["--set-file", f"kataCC.policy={policy}", "--set-file", f"tests.kataPolicy={policy}"]
+        args += ["--set-file", f"vault.releasePolicy={FIXTURES / 'release-policy.json'}"]
     return args + list(extra)
 
 

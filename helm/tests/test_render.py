@@ -175,6 +175,7 @@ def test_digests_are_required(helm, mode):
     args = ["--set", f"deployment={mode}", "-f", str(FIXTURES / "aks.yaml")]
     if mode == "kata-cc":
         args += ["--set-file", f"kataCC.policy={FIXTURES / 'kata-policy.rego'}"]
+        args += ["--set-file", f"vault.releasePolicy={FIXTURES / 'release-policy.json'}"]
     err = helm_template(helm, args, expect_ok=False).stderr
     assert "digest is required in" in err and "images." in err, err
     # An app image by tag only is refused too, named by its index.
@@ -298,7 +299,9 @@ def test_aks_specifics(helm):
     assert 59 in spec["securityContext"]["supplementalGroups"]
     with_tpm = {c["name"] for _, c in containers(spec) if "squat.ai/tpmrm" in c.get("resources", {}).get("limits", {})}
     assert with_tpm == {"init-proxy", "renew", "attest"}
-    assert "--provider" in by_name(spec, "attest")["args"]
+    attest_args = by_name(spec, "attest")["args"]
+    assert attest_args[attest_args.index("--tcti") + 1] == "device:/dev/tpmrm0"
+    assert attest_args[attest_args.index("--admin") + 1] == "0.0.0.0:15010"
     assert by_name(spec, "attest")["args"][by_name(spec, "attest")["args"].index("--provider") + 1] == "vtpm"
     sa = one(docs, "ServiceAccount")
     assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"]
@@ -327,6 +330,17 @@ def test_kata_cc_specifics(helm):
     no_policy = ["--set", "deployment=kata-cc", "-f", str(FIXTURES / "images-test.yaml"), "-f", str(FIXTURES / "aks.yaml")]
     err = helm_template(helm, no_policy, expect_ok=False).stderr
     assert "kataCC.policy is required" in err, err
+    # A key made inside the pod must pin host_data: init-secrets needs a release policy.
+    with_policy = no_policy + ["--set-file", f"kataCC.policy={FIXTURES / 'kata-policy.rego'}"]
+    err = helm_template(helm, with_policy, expect_ok=False).stderr
+    assert "vault.releasePolicy is required in kata-cc mode" in err, err
+    docs = helm_template(helm, with_policy + ["--set", "init.secrets.enabled=false"]).stdout
+    spec = pod_spec([d for d in yaml.safe_load_all(docs) if d])
+    assert [c["name"] for c in spec["initContainers"]] == ["init-proxy", "proxy", "renew"]
+    # SKR evidence for init comes from the same provider as attest's.
+    args = by_name(spec, "init-proxy")["args"]
+    assert args[args.index("--evidence") + 1] == "sev-guest"
+    assert by_name(spec, "attest")["args"][-2:] == ["--sev-guest-device", "/dev/sev-guest"]
 
 
 def test_kata_cc_remotefs_is_an_acknowledged_exception(helm):

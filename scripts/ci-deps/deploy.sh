@@ -13,17 +13,19 @@ for tool in umoci skopeo dot; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  $SUDO apt-get install -y -qq --no-install-recommends umoci skopeo graphviz >/dev/null
+  ${SUDO:-} apt-get install -y -qq --no-install-recommends umoci skopeo graphviz >/dev/null
 fi
 
 gobin="$(go env GOPATH)/bin"
-if ! "$gobin/helm" version --short 2>/dev/null | grep -q "^${HELM_VERSION}"; then
+# `go install` leaves no version in `helm version`; read the module version from the binary.
+if ! go version -m "$gobin/helm" 2>/dev/null | grep -Eq "^\s+mod\s+helm.sh/helm/v3\s+${HELM_VERSION}\s"; then
   echo "installing helm ${HELM_VERSION} with go install (takes a few minutes)"
   go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 fi
-"$gobin/helm" version --short
+echo "helm: $(go version -m "$gobin/helm" | awk '$1 == "mod" {print $3}')"
 
-if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -q "^Version: ${KUBERNETES_VALIDATE_VERSION}$"; then
+installed="$(python3 -m pip show kubernetes-validate 2>/dev/null || true)"
+if ! grep -qx "Version: ${KUBERNETES_VALIDATE_VERSION}" <<<"$installed"; then
   python3 -m pip install -q "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
 fi
 if ! python3 -m pytest --version >/dev/null 2>&1; then

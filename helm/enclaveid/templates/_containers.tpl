@@ -4,6 +4,9 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
 */}}
 
 {{- define "enclaveid.container.initSecrets" -}}
+{{- if and (eq .Values.deployment "kata-cc") (not .Values.vault.releasePolicy) -}}
+{{- fail "vault.releasePolicy is required in kata-cc mode while init.secrets.enabled: a key created in the pod must pin x-ms-sevsnpvm-hostdata to the policy hash (enclaveid-attest policy-hash), and that hash cannot be an argument of the pod it hashes; pass --set-file vault.releasePolicy=FILE, or create the key out of band (enclaveid-init secrets --host-data ...) and set init.secrets.enabled=false" -}}
+{{- end -}}
 - name: init-secrets
   image: {{ include "enclaveid.image" (dict "root" . "image" .Values.images.init "field" "images.init") }}
   imagePullPolicy: {{ .Values.imagePullPolicy }}
@@ -55,7 +58,6 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
     {{- end }}
   env:
     {{- include "enclaveid.commonEnv" . | nindent 4 }}
-    {{- with (include "enclaveid.evidenceEnv" . | trim) }}{{ . | nindent 4 }}{{- end }}
   securityContext:
     {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
   resources:
@@ -146,7 +148,6 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
     {{- end }}
   env:
     {{- include "enclaveid.commonEnv" $root | nindent 4 }}
-    {{- with (include "enclaveid.evidenceEnv" $root | trim) }}{{ . | nindent 4 }}{{- end }}
   securityContext:
     {{- include "enclaveid.containerSecurityContext" $root | nindent 4 }}
   resources:
@@ -174,7 +175,7 @@ tmpfs): that key's SPKI is what the evidence binds, so clients that verify it ca
     - serve
     - --listen
     - {{ printf "0.0.0.0:%d" (int .Values.attest.port) | quote }}
-    - --admin-listen
+    - --admin
     - {{ printf "0.0.0.0:%d" (int .Values.attest.adminPort) | quote }}
     - --tls-cert
     - /run/enclaveid/tls/cert.pem
@@ -182,12 +183,18 @@ tmpfs): that key's SPKI is what the evidence binds, so clients that verify it ca
     - /run/enclaveid/tls/key.pem
     - --provider
     - {{ include "enclaveid.provider" . }}
+    {{- if eq .Values.deployment "aks" }}
+    - --tcti
+    - {{ .Values.aks.vtpm.tcti | quote }}
+    {{- else if eq .Values.deployment "kata-cc" }}
+    - --sev-guest-device
+    - {{ .Values.kataCC.sevGuestDevice | quote }}
+    {{- end }}
     {{- with .Values.attest.extraArgs }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   env:
     {{- include "enclaveid.commonEnv" . | nindent 4 }}
-    {{- with (include "enclaveid.evidenceEnv" . | trim) }}{{ . | nindent 4 }}{{- end }}
   ports:
     - name: attest
       containerPort: {{ .Values.attest.port }}

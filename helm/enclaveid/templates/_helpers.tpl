@@ -175,6 +175,10 @@ seccompProfile:
 - --maa
 - {{ .Values.vault.maaEndpoint | quote }}
 {{- end }}
+{{- if eq (include "enclaveid.confidential" .) "true" }}
+- --evidence
+- {{ include "enclaveid.provider" . | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -196,12 +200,6 @@ seccompProfile:
 {{- end }}
 {{- end -}}
 
-{{- define "enclaveid.evidenceEnv" -}}
-{{- if eq .Values.deployment "aks" }}
-- name: ENCLAVEID_TCTI
-  value: {{ .Values.aks.vtpm.tcti | quote }}
-{{- end }}
-{{- end -}}
 
 {{/* The proxy config (issue 2's contract) as a dict, rendered to YAML by the ConfigMaps. */}}
 {{- define "enclaveid.proxyConfig" -}}

@@ -12,7 +12,7 @@
 // mod cli;
 // mod foreign;
 mod harness;
-// mod http;
+mod http;
 // mod lifecycle;
 mod rejections;
 mod tcp;

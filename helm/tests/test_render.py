@@ -140,6 +140,27 @@ def test_every_container_is_hardened(helm, mode):
             assert sc["seccompProfile"]["type"] == "RuntimeDefault", c["name"]
 
 
+@pytest.mark.parametrize("mode", ["microk8s", "aks"])
+def test_pod_security_admission_restricted(helm, mode):
+    """microk8s and aks pods fit the `restricted` Pod Security Standard (kata-cc needs the
+    sev-guest hostPath, which only `privileged` namespaces admit)."""
+    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+    for spec in all_pod_specs(render(helm, mode)):
+        for volume in spec["volumes"]:
+            kinds = set(volume) - {"name"}
+            assert kinds <= allowed, volume
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), key
+        for _, c in containers(spec):
+            assert all("hostPort" not in p for p in c.get("ports", [])), c["name"]
+
+
+def test_pod_disruption_budget(helm):
+    assert not [d for d in render(helm, "aks") if d["kind"] == "PodDisruptionBudget"]
+    pdb = one(render(helm, "aks", ["--set", "podDisruptionBudget.enabled=true"]), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_service_targets_the_proxy_inbound_port(helm, mode):
     docs = render(helm, mode)

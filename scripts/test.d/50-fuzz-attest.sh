@@ -5,7 +5,7 @@
 # which the stable toolchain accepts with RUSTC_BOOTSTRAP=1.
 # FUZZ_SECONDS overrides the per-target time (default 20).
 set -euo pipefail
-cd "$(dirname "$0")/../attest/verifier/fuzz"
+cd "$(dirname "$0")/../../attest/verifier/fuzz"
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo-fuzz is missing: run scripts/ci-deps/fuzz.sh (or scripts/install-test-deps.sh)" >&2
   exit 1
@@ -23,6 +23,20 @@ if ! cargo fuzz build >"$log" 2>&1; then
   echo "cargo fuzz build failed" >&2
   exit 1
 fi
+# Seed the corpora with the real vectors when they are there (copied into the ignored corpus/
+# folders at run time, never committed).
+td="${ENCLAVEID_SNP_TESTDATA:-$(cd ../../../.. && pwd)/shared/testdata/snp}"
+if [ -d "$td" ]; then
+  mkdir -p corpus/report corpus/hcl corpus/quote
+  cp -f "$td"/*/snp_report.bin "$td"/*/attestation.bin "$td"/trustee/snp-test-report.bin \
+    "$td"/virtee-sev/report_milan.hex "$td"/virtee-sev/vcek_milan.der corpus/report/ 2>/dev/null || true
+  cp -f "$td"/trustee/az-snp-vtpm-hcl-report.bin "$td"/azure-cvm-tooling/hcl-report-snp.bin corpus/hcl/ 2>/dev/null || true
+  cp -f "$td"/trustee/az-snp-vtpm-quote.bin "$td"/azure-cvm-tooling/quote.bin corpus/quote/ 2>/dev/null || true
+fi
+for t in evidence policy; do
+  mkdir -p "corpus/$t"
+  cp -f "seeds/$t"/* "corpus/$t/"
+done
 for t in report hcl quote evidence policy; do
   echo "--> fuzz $t for ${seconds}s"
   mkdir -p "corpus/$t"

@@ -19,6 +19,9 @@ use crate::harness::{
     within, Pki, BACKEND,
 };
 
+/// Requests to `/slow` that reached the app.
+pub static SLOW_STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
@@ -68,6 +71,7 @@ async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, In
             r
         }
         "/slow" => {
+            SLOW_STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(400)).await;
             Response::new(full("slow done".into()))
         }

@@ -13,6 +13,6 @@
 // mod foreign;
 mod harness;
 mod http;
-// mod lifecycle;
+mod lifecycle;
 mod rejections;
 mod tcp;

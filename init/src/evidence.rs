@@ -56,16 +56,68 @@ pub async fn evidence_for(
         .map_err(|e| EvidenceError::Task(e.to_string()))?
 }
 
-/// Builds the evidence source named by `--evidence`.
+/// The attest crate's providers, seen through [`EvidenceSource`].
+pub struct AttestProvider(Box<dyn enclaveid_attest::provider::EvidenceProvider>);
+
+impl AttestProvider {
+    /// Wraps a built provider.
+    #[must_use]
+    pub fn new(provider: Box<dyn enclaveid_attest::provider::EvidenceProvider>) -> Self {
+        Self(provider)
+    }
+}
+
+impl EvidenceSource for AttestProvider {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn evidence(&self, report_data: [u8; 64]) -> Result<SnpEvidence, EvidenceError> {
+        let err = |detail: String| EvidenceError::Provider {
+            provider: self.0.name().to_owned(),
+            detail,
+        };
+        let evidence = self
+            .0
+            .evidence(report_data)
+            .map_err(|e| err(e.to_string()))?;
+        let decoded = evidence.decode().map_err(|e| err(e.to_string()))?;
+        let mut chain = String::new();
+        for pem in [&decoded.vcek, &decoded.ask, &decoded.ark] {
+            chain.push_str(pem.trim_end());
+            chain.push('\n');
+        }
+        Ok(SnpEvidence {
+            report: decoded.report,
+            cert_chain_pem: chain,
+        })
+    }
+}
+
+/// Builds the evidence source named by `--evidence`: `sev-guest` (Kata confidential pods,
+/// `host_data` = the pod policy hash) or `simulated` (development; no real MAA accepts it).
 ///
-/// The SNP providers live in the attest crate (`enclaveid_attest::provider::build`); until
-/// that API is linked here, every name is refused as a configuration error (exit code 2), so
-/// an AKV vault with SKR cannot be used from this binary yet. Library callers (and the tests)
-/// pass their own [`EvidenceSource`].
+/// `vtpm` is refused: on an AKS CVM node the SNP report's `report_data` binds the HCL runtime
+/// claims, not our runtime data, so MAA's `attest/SevSnpVm` cannot carry the transfer key; SKR
+/// there needs MAA's vTPM flow, which this build does not implement.
 pub fn provider(name: &str) -> Result<Arc<dyn EvidenceSource>, crate::ConfigError> {
-    Err(crate::ConfigError::field(
-        "--evidence",
-        name,
-        "no SNP evidence provider is linked into this build (attest provider API pending)",
-    ))
+    use enclaveid_attest::provider::{build, ProviderConfig, ProviderKind};
+    let kind: ProviderKind =
+        name.parse()
+            .map_err(|e: enclaveid_attest::provider::ProviderError| {
+                crate::ConfigError::field("--evidence", name, &e.to_string())
+            })?;
+    if kind == ProviderKind::Vtpm {
+        return Err(crate::ConfigError::field(
+            "--evidence",
+            name,
+            "SKR through attest/SevSnpVm needs report_data under our control: use sev-guest",
+        ));
+    }
+    if kind == ProviderKind::Simulated {
+        tracing::warn!("simulated SNP evidence: for development against a test double only");
+    }
+    let built = build(&ProviderConfig::new(kind))
+        .map_err(|e| crate::ConfigError::field("--evidence", name, &e.to_string()))?;
+    Ok(Arc::new(AttestProvider::new(built)))
 }

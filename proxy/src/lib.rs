@@ -314,6 +314,14 @@ pub fn run_blocking(config: Config) -> u8 {
         }
     };
     rt.block_on(async move {
+        // Handlers first, so a SIGTERM right after "listening" is a drain, not a kill.
+        let signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "installing signal handlers");
+                return 1;
+            }
+        };
         let source = TlsSource::from_config(&config);
         let handle = match start(config, source).await {
             Ok(h) => h,
@@ -322,31 +330,42 @@ pub fn run_blocking(config: Config) -> u8 {
                 return 1;
             }
         };
-        if let Err(e) = wait_for_signals(&handle).await {
-            error!(error = %e, "installing signal handlers");
-            return 1;
-        }
+        signals.wait(&handle).await;
         handle.wait().await;
         0
     })
 }
 
-async fn wait_for_signals(handle: &ProxyHandle) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM received"); break; }
-            _ = int.recv() => { info!("SIGINT received"); break; }
-            _ = hup.recv() => {
-                info!("SIGHUP received: checking the certificate files");
-                let _ = handle.reload_now();
-            }
-            () = handle.draining() => break,
-        }
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    handle.shutdown();
-    Ok(())
+
+    /// Returns once a drain has begun, starting it on SIGTERM or SIGINT; SIGHUP re-reads the
+    /// certificate files.
+    async fn wait(mut self, handle: &ProxyHandle) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM received"); break; }
+                _ = self.int.recv() => { info!("SIGINT received"); break; }
+                _ = self.hup.recv() => {
+                    info!("SIGHUP received: checking the certificate files");
+                    let _ = handle.reload_now();
+                }
+                () = handle.draining() => break,
+            }
+        }
+        handle.shutdown();
+    }
 }

@@ -9,7 +9,7 @@
     dead_code
 )]
 
-// mod cli;
+mod cli;
 // mod foreign;
 mod harness;
 mod http;

@@ -42,8 +42,8 @@ pub(crate) type Body = Either<Incoming, Full<Bytes>>;
 
 /// Pooled clients from an inbound listener to the app.
 pub(crate) struct AppClients {
-    h1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
+    h1: Client<FixedConnector, Incoming>,
+    h2: Client<FixedConnector, Incoming>,
     authority: Authority,
     mode: AppProtocol,
     server: auto::Builder<TokioExecutor>,
@@ -52,9 +52,13 @@ pub(crate) struct AppClients {
 impl AppClients {
     /// Builds the clients for one inbound listener.
     pub(crate) fn new(config: &Inbound) -> Result<Self, http::Error> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.limits.connect_timeout));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.limits.connect_timeout));
+        let connector = FixedConnector {
+            http,
+            target: format!("http://{}", config.forward).parse()?,
+        };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.limits.idle_timeout);
@@ -295,18 +299,19 @@ async fn forward(
     }
     let upgrade = is_upgrade(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    // The request's authority (h2 `:authority`, else the Host header) travels in the URI, so
+    // hyper writes it as `:authority` on HTTP/2 and as `Host` on HTTP/1.1, never both.
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    if let (false, Some(a)) = (req.headers().contains_key(HOST), parts.authority.as_ref()) {
-        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-            req.headers_mut().insert(HOST, v);
-        }
+    let host = req.headers_mut().remove(HOST);
+    if parts.authority.is_none() {
+        parts.authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
     }
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     *req.version_mut() = Version::HTTP_11;
     let result = match &listener.kind {
         Kind::Inbound { app: Some(app), .. } => {
             parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(app.authority.clone());
+            parts.authority.get_or_insert_with(|| app.authority.clone());
             set_uri(&mut req, parts);
             let h2 = !upgrade
                 && (app.mode == AppProtocol::Http2
@@ -321,7 +326,9 @@ async fn forward(
             peer: Some(peer), ..
         } => {
             parts.scheme = Some(Scheme::HTTPS);
-            parts.authority = Some(peer.authority.clone());
+            parts
+                .authority
+                .get_or_insert_with(|| peer.authority.clone());
             set_uri(&mut req, parts);
             if upgrade {
                 peer.mesh_h1.request(req).await
@@ -379,6 +386,31 @@ fn set_uri(req: &mut Request<Incoming>, mut parts: http::uri::Parts) {
     }
     // Scheme, authority and path are all present, which is all `from_parts` checks.
     *req.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path are set");
+}
+
+/// Dials the app's fixed address whatever the request's authority says (that authority is the
+/// Host the app should see, not where it is).
+#[derive(Clone)]
+pub(crate) struct FixedConnector {
+    http: HttpConnector,
+    target: Uri,
+}
+
+impl tower_service::Service<Uri> for FixedConnector {
+    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = <HttpConnector as tower_service::Service<Uri>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx)
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        self.http.call(self.target.clone())
+    }
 }
 
 /// Counts bytes on the accepted connection (metrics and the idle check).

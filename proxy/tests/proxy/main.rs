@@ -10,7 +10,7 @@
 )]
 
 mod cli;
-// mod foreign;
+mod foreign;
 mod harness;
 mod http;
 mod lifecycle;

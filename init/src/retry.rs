@@ -89,6 +89,7 @@ where
     let start = Instant::now();
     let mut backoff = policy.initial_backoff;
     let mut attempts = 0u32;
+    let mut last: Option<E> = None;
     loop {
         attempts += 1;
         let remaining = policy.deadline.saturating_sub(start.elapsed());
@@ -100,7 +101,8 @@ where
                     what: what.to_string(),
                     attempts,
                     elapsed,
-                    source: E::deadline_exceeded(elapsed),
+                    // The deadline cut this attempt short; the previous failure says more.
+                    source: last.unwrap_or_else(|| E::deadline_exceeded(elapsed)),
                 });
             }
         };
@@ -125,6 +127,7 @@ where
                 tracing::warn!(operation = %what, attempt = attempts, error = %e, retry_in = ?backoff, "transient failure");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(policy.max_backoff);
+                last = Some(e);
             }
         }
     }

@@ -285,3 +285,42 @@ impl Drop for KillOnDrop {
             .status();
     }
 }
+
+#[test]
+fn an_unreachable_vault_is_retried_then_exits_1() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = disk_tempdir();
+    let policy = disk_tempdir();
+    let policy_file = policy.path().join("policy.json");
+    std::fs::write(
+        &policy_file,
+        r#"{"version":"1.0.0","anyOf":[{"authority":"https://maa.example","allOf":[{"claim":"x-ms-attestation-type","equals":"sevsnpvm"}]}]}"#,
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let res = run(bin().args([
+        "secrets",
+        "--vault",
+        &format!("akv:https://127.0.0.1:{port}"),
+        "--vault-emulator",
+        "--release-policy",
+        policy_file.to_str().unwrap(),
+        "--retry-deadline",
+        "3s",
+        "--auth",
+        "managed-identity",
+    ]));
+    let elapsed = start.elapsed();
+    assert_eq!(res.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("gave up after"), "{stderr}");
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(stderr.matches("transient failure").count() >= 2, "{stderr}");
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+    assert!(snapshot(out.path()).is_empty());
+}

@@ -230,6 +230,16 @@ impl AkvVault {
         Ok(())
     }
 
+    /// Releases `version` of the master-secret key through SKR (what [`Vault::master_secret`]
+    /// does after looking up the latest version).
+    pub async fn release_version(&self, version: &str) -> Result<MasterSecret, VaultError> {
+        let skr = self.skr.as_ref().ok_or_else(|| VaultError::Invalid {
+            vault: self.url.clone(),
+            detail: "secure key release is not configured (--maa and --evidence)".into(),
+        })?;
+        self.release(skr, version).await
+    }
+
     async fn release(&self, skr: &SkrSetup, version: &str) -> Result<MasterSecret, VaultError> {
         let transfer_key = tokio::task::spawn_blocking(TransferKey::generate)
             .await

@@ -33,7 +33,7 @@ async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, In
                 .into_body()
                 .collect()
                 .await
-                .map(|b| b.to_bytes())
+                .map(http_body_util::Collected::to_bytes)
                 .unwrap_or_default();
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());

@@ -8,8 +8,14 @@
     unreachable_pub,
     dead_code
 )]
+#![allow(
+    clippy::float_cmp,
+    reason = "metric samples compared here are small whole numbers"
+)]
+#![allow(clippy::too_many_lines, reason = "a test reads best as one story")]
 
 mod cli;
+mod demo;
 mod foreign;
 mod harness;
 mod http;

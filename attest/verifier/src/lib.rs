@@ -11,6 +11,10 @@
 //! provides a software chain and report signer that every verifier path refuses unless the
 //! policy allows simulated evidence.
 
+// The verifier's RustCrypto crates come without their `std` features (see the root Cargo.toml).
+extern crate p384_core as p384;
+extern crate rsa_core as rsa;
+
 pub mod binding;
 pub mod certs;
 pub mod evidence;

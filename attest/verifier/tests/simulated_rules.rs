@@ -17,6 +17,7 @@ use enclaveid_attest_verifier::{
 };
 use proptest::prelude::*;
 use rsa::signature::{SignatureEncoding as _, Signer as _};
+use rsa_core as rsa;
 use sha2::{Digest, Sha256};
 
 fn chain() -> &'static SimulatedChain {

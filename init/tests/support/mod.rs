@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod double;
+pub mod lowkey;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;

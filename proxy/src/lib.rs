@@ -188,6 +188,7 @@ pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, Sta
             },
             metrics: metrics.listener(&l.name, Direction::Inbound),
             slots: Arc::new(Semaphore::new(l.limits.max_connections)),
+            target: l.forward.to_string(),
         };
         sockets.push((sock, listener));
     }
@@ -217,6 +218,7 @@ pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, Sta
             },
             metrics: lm,
             slots: Arc::new(Semaphore::new(l.limits.max_connections)),
+            target: l.upstream.to_string(),
         };
         sockets.push((sock, listener));
     }

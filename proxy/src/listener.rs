@@ -52,6 +52,8 @@ pub(crate) struct Listener {
     pub(crate) metrics: ListenerMetrics,
     /// Connection slots (`max_connections`).
     pub(crate) slots: Arc<Semaphore>,
+    /// `host:port` to dial: the app (inbound) or the peer (outbound), formatted once.
+    pub(crate) target: String,
 }
 
 impl Listener {
@@ -170,9 +172,13 @@ async fn inbound(
         }
     } else {
         {
-            let target = config.forward.to_string();
-            let Some(mut upstream) =
-                dial(&target, config.limits.connect_timeout, listener, peer).await
+            let Some(mut upstream) = dial(
+                &listener.target,
+                config.limits.connect_timeout,
+                listener,
+                peer,
+            )
+            .await
             else {
                 let _ = tls.shutdown().await;
                 return;
@@ -200,8 +206,14 @@ async fn outbound(
         http::serve_outbound(stream, peer, listener.clone(), shared).await;
         return;
     }
-    let target = config.upstream.to_string();
-    let Some(upstream) = dial(&target, config.limits.connect_timeout, listener, peer).await else {
+    let Some(upstream) = dial(
+        &listener.target,
+        config.limits.connect_timeout,
+        listener,
+        peer,
+    )
+    .await
+    else {
         let _ = stream.shutdown().await;
         return;
     };

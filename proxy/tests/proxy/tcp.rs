@@ -167,3 +167,33 @@ async fn connections_over_the_limit_are_refused_and_counted() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_two_ca_bundle_trusts_both_and_resumption_is_off() {
+    use crate::harness::{client_config, tls_connect};
+    let pki = Pki::new();
+    let next = enclaveid_pki::testing::TestCa::new("next mesh CA");
+    let app = EchoApp::start().await;
+    // Mid-rollover bundle: the old and the new CA; the sidecar's own leaf is from the old one.
+    let bundle = format!("{}{}", pki.ca.cert_pem(), next.cert_pem());
+    let dir = pki.write("backend", &bundle, &pki.ca.workload("backend"));
+    let inbound = proxy(&inbound_yaml(app.addr, "tcp", ""), &dir).await;
+    for (i, ca) in [&pki.ca, &next].into_iter().enumerate() {
+        let cfg = client_config(&bundle, &ca.workload("frontend"), &[]);
+        for round in 0..2 {
+            let mut s = tls_connect(inbound.inbound_addr(0), cfg.clone())
+                .await
+                .unwrap();
+            s.write_all(b"hi").await.unwrap();
+            let mut buf = [0u8; 2];
+            within("echo", s.read_exact(&mut buf)).await.unwrap();
+            // The client would resume if offered a ticket; the sidecar offers none.
+            assert_eq!(
+                s.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Full),
+                "CA {i}, round {round}"
+            );
+        }
+    }
+    assert_eq!(app.reached().0, 4);
+}

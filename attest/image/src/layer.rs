@@ -130,9 +130,26 @@ pub(crate) fn apply_layer(
         Box::new(chained)
     };
     let mut diff = HashingReader::new(decompressed, limits.max_unpacked_bytes);
-    let changes = read_changes(&mut diff, &what, tree, budget, limits)?;
+    // A decompression bomb surfaces as a read error somewhere inside the tar reader; the
+    // reader's own flag tells it apart from a malformed stream.
+    let over_limit = |exceeded: bool, err: ImageError| {
+        if exceeded {
+            ImageError::limit(
+                format!("{what}: decompressed bytes"),
+                limits.max_unpacked_bytes,
+            )
+        } else {
+            err
+        }
+    };
+    let changes = match read_changes(&mut diff, &what, tree, budget, limits) {
+        Ok(changes) => changes,
+        Err(err) => return Err(over_limit(diff.exceeded, err)),
+    };
     // Drain the tar's trailing blocks so both hashes cover every byte.
-    io::copy(&mut diff, &mut io::sink()).map_err(|e| ImageError::tar(&what, e))?;
+    if let Err(e) = io::copy(&mut diff, &mut io::sink()) {
+        return Err(over_limit(diff.exceeded, ImageError::tar(&what, e)));
+    }
     let diff_hex = diff.finish();
     if let Some(expected) = &layer.diff_id {
         if expected[7..] != diff_hex {
@@ -458,6 +475,7 @@ struct HashingReader<R> {
     hasher: Sha256,
     count: u64,
     limit: u64,
+    exceeded: bool,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -467,6 +485,7 @@ impl<R: Read> HashingReader<R> {
             hasher: Sha256::new(),
             count: 0,
             limit,
+            exceeded: false,
         }
     }
 
@@ -480,6 +499,7 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if self.count > self.limit {
+            self.exceeded = true;
             return Err(io::Error::other(format!(
                 "more than the limit of {} bytes",
                 self.limit

@@ -193,12 +193,20 @@ pub(crate) fn clean_member_name(raw: &str, context: &str) -> Result<String, Imag
 fn index_archive(path: &Path, limits: &Limits) -> Result<HashMap<String, Member>, ImageError> {
     let what = path.display().to_string();
     let mut file = File::open(path).map_err(|e| ImageError::io(path, e))?;
-    let mut magic = [0u8; 2];
-    let got = file.read(&mut magic).map_err(|e| ImageError::io(path, e))?;
-    if got == 2 && magic == [0x1f, 0x8b] {
+    let mut head = [0u8; 512];
+    let got = read_full(&mut file, &mut head).map_err(|e| ImageError::io(path, e))?;
+    if got >= 2 && head[..2] == [0x1f, 0x8b] {
         return Err(ImageError::Unsupported {
             what,
             reason: "gzip-compressed archive; decompress it first".into(),
+        });
+    }
+    // skopeo, docker and umoci write ustar/GNU/PAX headers; refuse anything else up front
+    // rather than echo a hostile file's bytes back in a header parse error.
+    if got < 512 || &head[257..262] != b"ustar" {
+        return Err(ImageError::NotAnImage {
+            path: path.to_path_buf(),
+            reason: "not a tar archive (no ustar header)".into(),
         });
     }
     file.seek(SeekFrom::Start(0))
@@ -253,6 +261,17 @@ fn index_archive(path: &Path, limits: &Limits) -> Result<HashMap<String, Member>
         });
     }
     Ok(members)
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 #[cfg(test)]

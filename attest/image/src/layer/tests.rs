@@ -219,3 +219,44 @@ fn entry_limit_is_enforced() {
     .unwrap_err();
     assert!(matches!(err, ImageError::LimitExceeded { .. }), "{err}");
 }
+
+#[test]
+fn decompression_bomb_stops_at_the_limit() {
+    use std::io::Write;
+    // 8 MiB of zeros compresses to a few KiB; the limit is 1 MiB of decompressed bytes.
+    let zeros = vec![0u8; 8 << 20];
+    let plain = layer(&[Item::File("bomb", &zeros, 0o644)]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&plain).unwrap();
+    let bytes = gz.finish().unwrap();
+    assert!(bytes.len() < 64 << 10);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("l"), bytes).unwrap();
+    let store = Store::Dir {
+        root: dir.path().to_path_buf(),
+    };
+    let limits = Limits {
+        max_unpacked_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let layer_ref = LayerRef {
+        name: "l".into(),
+        blob_digest: None,
+        size: None,
+        diff_id: None,
+        media_type: None,
+    };
+    let err = apply_layer(
+        &store,
+        &layer_ref,
+        0,
+        &mut FileTree::new(),
+        &mut Budget::default(),
+        &limits,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ImageError::LimitExceeded { limit, .. } if limit == 1 << 20),
+        "{err}"
+    );
+}

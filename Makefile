@@ -26,6 +26,7 @@ NAMESPACE ?= enclaveid
 DEPLOYMENT ?=
 VALUES ?=
 KATA_POLICY ?=
+RENDERS ?= renders
 
 images: $(addprefix image-,$(IMAGES))
 
@@ -35,13 +36,13 @@ image-%:
 helm-chart:
 	@case "$(DEPLOYMENT)" in microk8s|aks|kata-cc) ;; \
 	  *) echo "usage: make helm-chart DEPLOYMENT=microk8s|aks|kata-cc" >&2; exit 2;; esac
-	@mkdir -p renders
+	@mkdir -p $(RENDERS)
 	$(HELM) template $(RELEASE) helm/enclaveid --namespace $(NAMESPACE) --kube-version $(KUBE_VERSION) \
 	  -f helm/images.yaml --set deployment=$(DEPLOYMENT) $(addprefix -f ,$(VALUES)) \
-	  $(if $(KATA_POLICY),--set-file kataCC.policy=$(KATA_POLICY)) > renders/$(DEPLOYMENT).yaml.tmp \
-	  || { rm -f renders/$(DEPLOYMENT).yaml.tmp; exit 1; }
-	mv renders/$(DEPLOYMENT).yaml.tmp renders/$(DEPLOYMENT).yaml
-	@echo "rendered renders/$(DEPLOYMENT).yaml"
+	  $(if $(KATA_POLICY),--set-file kataCC.policy=$(KATA_POLICY)) > $(RENDERS)/$(DEPLOYMENT).yaml.tmp \
+	  || { rm -f $(RENDERS)/$(DEPLOYMENT).yaml.tmp; exit 1; }
+	mv $(RENDERS)/$(DEPLOYMENT).yaml.tmp $(RENDERS)/$(DEPLOYMENT).yaml
+	@echo "rendered $(RENDERS)/$(DEPLOYMENT).yaml"
 
 verify-images:
 	bash build/verify-images.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Helm chart: helm lint and helm template in every mode, kubernetes-validate on every render,
 # assertions on the rendered pods, and the real enclaveid-proxy checking the rendered config
-# (built by 10-cargo.sh). Tools: scripts/ci-deps/deploy.sh.
+# (built by 10-cargo.sh), and the build side (Dockerfiles, Kaniko job, pin file, make helm-chart).
+# Tools: scripts/ci-deps/deploy.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PATH="$PATH:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"

@@ -57,7 +57,7 @@ def test_kubernetes_schema(helm, kubernetes_validate, tmp_path, mode, extra):
     out = tmp_path / f"{mode}.yaml"
     out.write_text(helm_template(helm, mode_args(mode, extra)).stdout)
     proc = subprocess.run(
-        [kubernetes_validate, "--strict", "-k", KUBE_VERSION, str(out)],
+        kubernetes_validate + ["--strict", "-k", KUBE_VERSION, str(out)],
         capture_output=True,
         text=True,
         check=False,

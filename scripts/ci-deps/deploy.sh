@@ -16,6 +16,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   ${SUDO:-} apt-get install -y -qq --no-install-recommends umoci skopeo graphviz >/dev/null
 fi
 
+# Go comes with the machine image (/usr/local/go); helm is built from the Go module proxy.
+command -v go >/dev/null 2>&1 || PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null 2>&1 || { echo "error: go not found (needed to install helm)" >&2; exit 1; }
 gobin="$(go env GOPATH)/bin"
 # `go install` leaves no version in `helm version`; read the module version from the binary.
 if ! go version -m "$gobin/helm" 2>/dev/null | grep -Eq "^\s+mod\s+helm.sh/helm/v3\s+${HELM_VERSION}\s"; then

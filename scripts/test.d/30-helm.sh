@@ -5,6 +5,7 @@
 # Tools: scripts/ci-deps/deploy.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+command -v go >/dev/null 2>&1 || PATH="$PATH:/usr/local/go/bin"
 PATH="$PATH:$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
 export PATH
 if ! command -v helm >/dev/null; then

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15000";
 /// Default TCP connect timeout, ms.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Default TLS handshake timeout (also the HTTP/1 header read timeout), ms.
+/// Default TLS handshake timeout, ms.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default idle timeout: no byte in either direction for this long closes a connection, ms.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
@@ -342,7 +342,7 @@ pub struct Limits {
     /// TCP connect to the app or upstream.
     #[serde(rename = "connect_timeout_ms", serialize_with = "ms")]
     pub connect_timeout: Duration,
-    /// TLS handshake; also the HTTP/1 request-head read timeout.
+    /// TLS handshake.
     #[serde(rename = "handshake_timeout_ms", serialize_with = "ms")]
     pub handshake_timeout: Duration,
     /// No byte in either direction for this long closes the connection.

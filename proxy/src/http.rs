@@ -108,7 +108,9 @@ fn server(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.handshake_timeout)
+        // hyper starts this timer as soon as it waits for a head, also on an idle keep-alive
+        // connection, so it is the idle timeout (not the handshake timeout).
+        .header_read_timeout(limits.idle_timeout)
         .max_buf_size(limits.max_header_bytes);
     b.http2()
         .timer(TokioTimer::new())

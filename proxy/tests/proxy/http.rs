@@ -201,6 +201,22 @@ async fn http1_through_two_sidecars_with_unspoofable_xfcc_and_pooling() {
         assert!(body.contains(";URI=spiffe://cluster.local/ns/default/sa/frontend;DNS=frontend.default.svc.cluster.local"), "{body}");
         assert!(!body.contains('|'), "exactly one XFCC header: {body}");
     }
+    // A keep-alive connection that idles past handshake_timeout_ms (500 ms) stays usable.
+    let mut c = h1(m.outbound.outbound_addr(0)).await;
+    for _ in 0..2 {
+        let req = Request::get("/headers")
+            .header("host", "backend")
+            .body(Empty::new())
+            .unwrap();
+        assert_eq!(
+            within("keep-alive request", c.send_request(req))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
     // Three client connections, one pooled mTLS (h2) connection between the sidecars.
     assert_eq!(
         metric(
@@ -216,14 +232,14 @@ async fn http1_through_two_sidecars_with_unspoofable_xfcc_and_pooling() {
             "enclaveid_proxy_http_requests_total",
             &[("listener", "api"), ("status_class", "2xx")]
         ),
-        3.0
+        5.0
     );
     let hist = metric(
         &m.outbound,
         "enclaveid_proxy_http_request_duration_seconds_count",
         &[("listener", "backend")],
     );
-    assert_eq!(hist, 3.0);
+    assert_eq!(hist, 5.0);
 
     // A peer talking to the inbound directly cannot spoof either, and ALPN offers h2.
     let cfg = client_config(

@@ -47,14 +47,29 @@ def test_dockerignore_keeps_outputs_out_of_the_context():
         assert entry in ignored
 
 
-def test_kaniko_job_is_reproducible_on_a_maintained_fork():
+def test_kaniko_job_is_reproducible_on_a_maintained_fork(kubernetes_validate, tmp_path):
     text = (ROOT / "build" / "kaniko-job.yaml").read_text()
     assert "--reproducible" in text
     assert re.search(r"osscontainertools/kaniko:v[\d.]+@sha256:[0-9a-f]{64}", (ROOT / "build" / "kaniko-build.sh").read_text())
     assert "--digest-file=/dev/termination-log" in text
-    rendered = re.sub(r"\$\{([A-Z_]+)\}", "x", text)
+    values = {
+        "NAME": "proxy",
+        "BUILD_NAMESPACE": "enclaveid-build",
+        "KANIKO_IMAGE": "ghcr.io/osscontainertools/kaniko@sha256:" + "0" * 64,
+        "CONTEXT": "git://example.invalid/enclaveid.git#refs/heads/main#" + "1" * 40,
+        "DOCKERFILE": "proxy/Dockerfile",
+        "DESTINATION": "registry.example.invalid/enclaveid/proxy:abc",
+        "SOURCE_DATE_EPOCH": "1764000000",
+        "REGISTRY_SECRET": "registry-push",
+    }
+    rendered = re.sub(r"\$\{([A-Z_]+)\}", lambda m: values[m.group(1)], text)
     job = yaml.safe_load(rendered)
     assert job["kind"] == "Job" and job["spec"]["backoffLimit"] == 0
+    out = tmp_path / "job.yaml"
+    out.write_text(rendered)
+    proc = subprocess.run(kubernetes_validate + ["--strict", "-k", KUBE_VERSION, str(out)], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_pinned_file_drives_the_render(helm, tmp_path):

@@ -122,3 +122,17 @@ def by_name(spec, name):
 
 def mounts(container):
     return {m["name"]: m for m in container.get("volumeMounts", [])}
+
+
+def cargo_binary(name):
+    """A workspace binary built by scripts/test.d/10-cargo.sh (or by hand); skip or fail if absent."""
+    for base in filter(None, [os.environ.get("CARGO_TARGET_DIR"), str(ROOT / "target")]):
+        for profile in ("debug", "release"):
+            candidate = Path(base) / profile / name
+            if candidate.exists():
+                return candidate
+    message = f"{name} not built; run `cargo build -p {name}` (CI: scripts/test.d/10-cargo.sh builds it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+    return None

@@ -7,7 +7,6 @@ ports, workload identity, the mode specifics, and that bad values fail naming th
 
 import base64
 import hashlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ from conftest import (
     ROOT,
     all_pod_specs,
     by_name,
+    cargo_binary,
     containers,
     helm_template,
     mode_args,
@@ -281,24 +281,10 @@ def test_proxy_config_is_the_contract(helm):
     assert {"name": "ENCLAVEID_OUTBOUND_BACKEND", "value": "127.0.0.1:15001"} in app["env"]
 
 
-def proxy_binary():
-    for base in filter(None, [os.environ.get("CARGO_TARGET_DIR"), str(ROOT / "target")]):
-        for profile in ("debug", "release"):
-            candidate = Path(base) / profile / "enclaveid-proxy"
-            if candidate.exists():
-                return candidate
-    return None
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_proxy_accepts_the_rendered_config(helm, tmp_path, mode):
     """The real `enclaveid-proxy check` reads what the chart writes (built by 10-cargo.sh)."""
-    binary = proxy_binary()
-    if binary is None:
-        message = "enclaveid-proxy not built; run `cargo build -p enclaveid-proxy` (CI: scripts/test.d/10-cargo.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = cargo_binary("enclaveid-proxy")
     # The binary must really check: an unknown key is exit 2 (guards against a stale stub).
     bad = tmp_path / "bad.yaml"
     bad.write_text("tls: {ca: /a, cert: /b, key: /c}\nnot_a_key: 1\n")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// EnclaveID init containers: the master secret behind SKR, the derived mesh CA, and the
+/// `EnclaveID` init containers: the master secret behind SKR, the derived mesh CA, and the
 /// workload's certificate.
 #[derive(Debug, Parser)]
 #[command(name = "enclaveid-init", version)]
@@ -156,14 +156,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
+impl Cli {
+    fn command_for_tests() {
+        use clap::CommandFactory;
+        Self::command().debug_assert();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_hours(24));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_mins(2));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("h").is_err());
@@ -189,14 +197,7 @@ mod tests {
             panic!("not proxy")
         };
         assert_eq!(p.dns, vec!["a.b", "c.d"]);
-        assert_eq!(p.validity, Duration::from_secs(86_400));
+        assert_eq!(p.validity, Duration::from_hours(24));
     }
 }
 
-#[cfg(test)]
-impl Cli {
-    fn command_for_tests() {
-        use clap::CommandFactory;
-        Self::command().debug_assert();
-    }
-}

@@ -229,28 +229,25 @@ pub async fn secrets(args: &SecretsArgs) -> anyhow::Result<()> {
     let key = derive_ca_key(&secret);
     drop(secret);
     let now = OffsetDateTime::now_utc();
-    match vault
+    let stored = vault
         .ca_cert()
         .await
-        .context("reading the CA certificate")?
-    {
-        Some(pem) => {
-            let verified = issue::verify_ca_cert(&key, &pem, now).context(
-                "refusing to continue: the stored CA certificate does not belong to the master secret (or is unusable)",
-            )?;
-            tracing::info!(not_after = %verified.not_after, "CA certificate present and verified; nothing to do");
-        }
-        None => {
-            let mut params = CaParams::new(now);
-            params.common_name.clone_from(&args.ca_cn);
-            params.not_after = now + args.ca_validity;
-            let pem = issue::self_signed_ca(&key, &params).context("making the CA certificate")?;
-            vault
-                .put_ca_cert(&pem)
-                .await
-                .context("storing the CA certificate")?;
-            tracing::info!(not_after = %params.not_after, "CA certificate created and stored");
-        }
+        .context("reading the CA certificate")?;
+    if let Some(pem) = stored {
+        let verified = issue::verify_ca_cert(&key, &pem, now).context(
+            "refusing to continue: the stored CA certificate does not belong to the master secret (or is unusable)",
+        )?;
+        tracing::info!(not_after = %verified.not_after, "CA certificate present and verified; nothing to do");
+    } else {
+        let mut params = CaParams::new(now);
+        params.common_name.clone_from(&args.ca_cn);
+        params.not_after = now + args.ca_validity;
+        let pem = issue::self_signed_ca(&key, &params).context("making the CA certificate")?;
+        vault
+            .put_ca_cert(&pem)
+            .await
+            .context("storing the CA certificate")?;
+        tracing::info!(not_after = %params.not_after, "CA certificate created and stored");
     }
     Ok(())
 }
@@ -388,10 +385,10 @@ mod tests {
     fn renewal_at_two_thirds() {
         let nb = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
         let na = nb + time::Duration::hours(24);
-        assert_eq!(renewal_delay(nb, na, nb), Duration::from_secs(16 * 3600));
+        assert_eq!(renewal_delay(nb, na, nb), Duration::from_hours(16));
         assert_eq!(
             renewal_delay(nb, na, nb + time::Duration::hours(10)),
-            Duration::from_secs(6 * 3600)
+            Duration::from_hours(6)
         );
         assert_eq!(renewal_delay(nb, na, na), Duration::ZERO);
     }

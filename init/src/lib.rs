@@ -1,4 +1,4 @@
-//! enclaveid-init: the two init containers and the renewal sidecar of an EnclaveID pod.
+//! `enclaveid-init`: the two init containers and the renewal sidecar of an `EnclaveID` pod.
 //!
 //! `secrets` makes sure the master secret (an exportable AKV key behind a Secure Key Release
 //! policy) and the CA certificate derived from it exist; `proxy` releases the secret into

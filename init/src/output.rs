@@ -63,7 +63,9 @@ impl OutputDir {
         if !dir.is_dir() {
             return Err(bad("not a directory".into()));
         }
-        if !allow_disk {
+        if allow_disk {
+            tracing::warn!(dir = %dir.display(), "--allow-disk: the private key may be written to persistent storage");
+        } else {
             let fstype = filesystem_type(&dir).map_err(|e| bad(e.to_string()))?;
             if fstype != "tmpfs" && fstype != "ramfs" {
                 return Err(OutputError::NotTmpfs {
@@ -71,8 +73,6 @@ impl OutputDir {
                     fstype,
                 });
             }
-        } else {
-            tracing::warn!(dir = %dir.display(), "--allow-disk: the private key may be written to persistent storage");
         }
         Ok(Self { dir })
     }

@@ -21,7 +21,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            deadline: Duration::from_secs(60),
+            deadline: Duration::from_mins(1),
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(8),
         }
@@ -93,18 +93,15 @@ where
     loop {
         attempts += 1;
         let remaining = policy.deadline.saturating_sub(start.elapsed());
-        let outcome = match tokio::time::timeout(remaining, op()).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                let elapsed = start.elapsed();
-                return Err(RetryError::Exhausted {
-                    what: what.to_string(),
-                    attempts,
-                    elapsed,
-                    // The deadline cut this attempt short; the previous failure says more.
-                    source: last.unwrap_or_else(|| E::deadline_exceeded(elapsed)),
-                });
-            }
+        let Ok(outcome) = tokio::time::timeout(remaining, op()).await else {
+            let elapsed = start.elapsed();
+            return Err(RetryError::Exhausted {
+                what: what.to_string(),
+                attempts,
+                elapsed,
+                // The deadline cut this attempt short; the previous failure says more.
+                source: last.unwrap_or_else(|| E::deadline_exceeded(elapsed)),
+            });
         };
         match outcome {
             Ok(value) => return Ok(value),
@@ -211,7 +208,7 @@ mod tests {
         .unwrap();
         assert_eq!(v, 7);
         let err = retry(policy(), "hang", || async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            tokio::time::sleep(Duration::from_hours(1)).await;
             Ok::<(), TestError>(())
         })
         .await

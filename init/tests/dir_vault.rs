@@ -2,6 +2,9 @@
 //! idempotent, `proxy` writes exactly three files with the right modes, every kind of bad CA
 //! certificate is refused with nothing written, bad configuration exits 2, and `renew` rotates.
 
+// Helpers outside #[test] fns panic on setup failure, like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::Path;

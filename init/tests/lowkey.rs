@@ -3,6 +3,9 @@
 //! (idempotently), storing and reading the CA certificate secret, and a 4xx that carries the
 //! vault's own message. One Lowkey Vault for the whole binary, in one test, killed on drop.
 
+// Helpers outside #[test] fns panic on setup failure, like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::Arc;
@@ -76,13 +79,16 @@ async fn akv_backend_against_lowkey_vault() {
         Arc::new(LowkeyToken {
             endpoint: lowkey.token_endpoint.clone(),
         }),
-        Some({
-            let mut o = azure_security_keyvault_keys::KeyClientOptions::default();
-            o.verify_challenge_resource = Some(false);
-            o.client_options.transport = Some(azure_core::http::Transport::new(Arc::new(
-                enclaveid_init::vault::akv::http_client(&[lowkey.root.clone()]).unwrap(),
-            )));
-            o
+        Some(azure_security_keyvault_keys::KeyClientOptions {
+            verify_challenge_resource: Some(false),
+            client_options: azure_core::http::ClientOptions {
+                transport: Some(azure_core::http::Transport::new(Arc::new(
+                    enclaveid_init::vault::akv::http_client(std::slice::from_ref(&lowkey.root))
+                        .unwrap(),
+                ))),
+                ..Default::default()
+            },
+            ..Default::default()
         }),
     )
     .unwrap();

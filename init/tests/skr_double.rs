@@ -3,6 +3,9 @@
 //! challenge), MAA `attest/SevSnpVm` with simulated SNP evidence from the attest crate, the
 //! release JWS chain check and the `CKM_RSA_AES_KEY_WRAP` unwrap, plus every refusal.
 
+// Helpers outside #[test] fns panic on setup failure, like the tests themselves.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::{Arc, OnceLock};
@@ -92,9 +95,9 @@ fn rsa_key() -> rsa::RsaPrivateKey {
 #[tokio::test]
 async fn rsa_key_is_released_and_becomes_the_same_master_secret() {
     let held = rsa_key();
-    let (pki, double) = setup(HeldKey::Rsa(held.clone())).await;
+    let (pki, double) = setup(HeldKey::Rsa(Box::new(held.clone()))).await;
     let v = vault(&double, &pki, Duration::from_secs(10), &pki);
-    let released = tokio::time::timeout(Duration::from_secs(60), v.release_version("v1"))
+    let released = tokio::time::timeout(Duration::from_mins(1), v.release_version("v1"))
         .await
         .unwrap()
         .unwrap();
@@ -198,10 +201,11 @@ async fn a_forged_or_tampered_release_is_refused() {
         "{err}"
     );
 
-    let mut b = double.behaviour.lock().unwrap();
-    b.wrong_jws_signer = false;
-    b.tamper_payload = true;
-    drop(b);
+    {
+        let mut b = double.behaviour.lock().unwrap();
+        b.wrong_jws_signer = false;
+        b.tamper_payload = true;
+    }
     let err = v.release_version("v1").await.unwrap_err();
     assert!(
         matches!(err, VaultError::Skr(SkrError::Signature { .. })),

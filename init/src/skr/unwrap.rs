@@ -97,7 +97,7 @@ pub(crate) fn rsa_aes_key_unwrap(
             ciphertext.len()
         )));
     }
-    let (wrapped_kek, wrapped_key) = ciphertext.split_at(split);
+    let (rsa_block, kwp_block) = ciphertext.split_at(split);
     let padding = match enc {
         "CKM_RSA_AES_KEY_WRAP" => rsa::Oaep::new::<sha1::Sha1>(),
         "RSA_AES_KEY_WRAP_256" => rsa::Oaep::new::<sha2::Sha256>(),
@@ -107,22 +107,22 @@ pub(crate) fn rsa_aes_key_unwrap(
     let kek = Zeroizing::new(
         transfer_key
             .private()
-            .decrypt(padding, wrapped_kek)
+            .decrypt(padding, rsa_block)
             .map_err(|_| SkrError::Unwrap("RSA-OAEP decryption of the KEK failed".into()))?,
     );
-    let mut out = Zeroizing::new(vec![0u8; wrapped_key.len()]);
+    let mut out = Zeroizing::new(vec![0u8; kwp_block.len()]);
     let len = match kek.len() {
         16 => aes_kw::KwpAes128::new_from_slice(&kek)
             .map_err(|_| SkrError::Unwrap("bad KEK".into()))?
-            .unwrap_key(wrapped_key, &mut out)
+            .unwrap_key(kwp_block, &mut out)
             .map(<[u8]>::len),
         24 => aes_kw::KwpAes192::new_from_slice(&kek)
             .map_err(|_| SkrError::Unwrap("bad KEK".into()))?
-            .unwrap_key(wrapped_key, &mut out)
+            .unwrap_key(kwp_block, &mut out)
             .map(<[u8]>::len),
         32 => aes_kw::KwpAes256::new_from_slice(&kek)
             .map_err(|_| SkrError::Unwrap("bad KEK".into()))?
-            .unwrap_key(wrapped_key, &mut out)
+            .unwrap_key(kwp_block, &mut out)
             .map(<[u8]>::len),
         n => {
             return Err(SkrError::Unwrap(format!(

@@ -128,19 +128,26 @@ impl AkvVault {
             .ok_or_else(|| invalid("the vault URL has no host".into()))?
             .to_owned();
         let http = http_client(&options.extra_roots).map_err(|e| invalid(e.to_string()))?;
-        let mut client_options = ClientOptions::default();
-        client_options.retry = RetryOptions::none(); // we retry ourselves, under one deadline
-        client_options.transport = Some(Transport::new(Arc::new(http)));
+        let client_options = ClientOptions {
+            retry: RetryOptions::none(), // we retry ourselves, under one deadline
+            transport: Some(Transport::new(Arc::new(http))),
+            ..ClientOptions::default()
+        };
 
-        let mut key_options = KeyClientOptions::default();
-        key_options.client_options = client_options.clone();
-        let mut secret_options = SecretClientOptions::default();
-        secret_options.client_options = client_options;
         if options.emulator {
             tracing::warn!(vault = %options.url, "emulator mode: the auth challenge's resource is not checked against the vault host");
-            key_options.verify_challenge_resource = Some(false);
-            secret_options.verify_challenge_resource = Some(false);
         }
+        let verify_challenge_resource = Some(!options.emulator);
+        let key_options = KeyClientOptions {
+            client_options: client_options.clone(),
+            verify_challenge_resource,
+            ..KeyClientOptions::default()
+        };
+        let secret_options = SecretClientOptions {
+            client_options,
+            verify_challenge_resource,
+            ..SecretClientOptions::default()
+        };
         let keys = KeyClient::new(&options.url, credential.clone(), Some(key_options))
             .map_err(|e| invalid(e.to_string()))?;
         let secrets = SecretClient::new(&options.url, credential, Some(secret_options))
@@ -205,15 +212,16 @@ impl AkvVault {
         params.kty = Some(kty);
         params.key_size = size;
         params.curve = curve;
-        let mut attributes = KeyAttributes::default();
-        attributes.exportable = Some(true);
-        attributes.enabled = Some(true);
-        params.key_attributes = Some(attributes);
-        let mut policy = KeyReleasePolicy::default();
-        policy.content_type = Some(POLICY_CONTENT_TYPE.to_owned());
-        policy.encoded_policy = Some(spec.policy.to_json());
-        policy.immutable = Some(false);
-        params.release_policy = Some(policy);
+        params.key_attributes = Some(KeyAttributes {
+            exportable: Some(true),
+            enabled: Some(true),
+            ..KeyAttributes::default()
+        });
+        params.release_policy = Some(KeyReleasePolicy {
+            content_type: Some(POLICY_CONTENT_TYPE.to_owned()),
+            encoded_policy: Some(spec.policy.to_json()),
+            immutable: Some(false),
+        });
         let what = format!("creating key {}", self.key_name);
         retry(self.retry, &what, || async {
             let body: RequestContent<CreateKeyParameters> = params
@@ -253,14 +261,18 @@ impl AkvVault {
         .await?;
         let what = format!("releasing key {}/{version}", self.key_name);
         let jws = retry(self.retry, &what, || async {
-            let mut params = ReleaseParameters::default();
-            params.target_attestation_token = Some(token.to_string());
-            params.algorithm = Some(KeyEncryptionAlgorithm::CkmRsaAesKeyWrap);
+            let params = ReleaseParameters {
+                target_attestation_token: Some(token.to_string()),
+                algorithm: Some(KeyEncryptionAlgorithm::CkmRsaAesKeyWrap),
+                nonce: None,
+            };
             let body: RequestContent<ReleaseParameters> = params
                 .try_into()
                 .map_err(|e: azure_core::Error| self.map_err(&e))?;
-            let mut options = KeyClientReleaseOptions::default();
-            options.key_version = Some(version.to_owned());
+            let options = KeyClientReleaseOptions {
+                key_version: Some(version.to_owned()),
+                ..KeyClientReleaseOptions::default()
+            };
             let result = self
                 .keys
                 .release(&self.key_name, body, Some(options))
@@ -343,9 +355,11 @@ impl Vault for AkvVault {
     async fn put_ca_cert(&self, pem: &str) -> Result<(), VaultError> {
         let what = format!("writing secret {}", self.ca_secret_name);
         retry(self.retry, &what, || async {
-            let mut params = SetSecretParameters::default();
-            params.value = Some(pem.to_owned());
-            params.content_type = Some(CA_CONTENT_TYPE.to_owned());
+            let params = SetSecretParameters {
+                value: Some(pem.to_owned()),
+                content_type: Some(CA_CONTENT_TYPE.to_owned()),
+                ..SetSecretParameters::default()
+            };
             let body: RequestContent<SetSecretParameters> = params
                 .try_into()
                 .map_err(|e: azure_core::Error| self.map_err(&e))?;
@@ -362,6 +376,7 @@ impl Vault for AkvVault {
 
 /// Our HTTP client for the Azure SDK pipeline and MAA: reqwest with rustls, trusting the
 /// platform roots plus `extra_roots`.
+#[must_use = "the client is the transport"]
 pub fn http_client(
     extra_roots: &[CertificateDer<'static>],
 ) -> Result<reqwest::Client, reqwest::Error> {
@@ -378,6 +393,7 @@ pub fn http_client(
     builder.build()
 }
 
+#[must_use]
 /// Maps an Azure SDK error to ours, keeping the vault's own message for HTTP errors.
 pub fn azure_error(vault: &str, e: &azure_core::Error) -> VaultError {
     use azure_core::error::ErrorKind;

@@ -88,7 +88,7 @@ impl TestPki {
 #[derive(Clone)]
 pub enum HeldKey {
     /// An `RSA-HSM` key; released as PKCS#8.
-    Rsa(rsa::RsaPrivateKey),
+    Rsa(Box<rsa::RsaPrivateKey>),
     /// An `oct-HSM` key; released raw.
     Oct(Vec<u8>),
 }
@@ -332,11 +332,11 @@ fn sign_compact(header: &serde_json::Value, payload: &[u8], key: &rsa::RsaPrivat
 async fn verify_maa_token(state: &State, token: &str) -> Result<serde_json::Value, String> {
     use rsa::signature::Verifier as _;
     let parts: Vec<&str> = token.split('.').collect();
-    let [h, p, s] = parts.as_slice() else {
+    let [head, body, sig] = parts.as_slice() else {
         return Err("token is not a JWS".into());
     };
     let header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).map_err(|e| e.to_string())?)
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(head).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     let jwks: serde_json::Value = state
         .http
@@ -350,20 +350,20 @@ async fn verify_maa_token(state: &State, token: &str) -> Result<serde_json::Valu
         .as_array()
         .and_then(|keys| keys.iter().find(|k| k["kid"] == header["kid"]))
         .ok_or("unknown kid")?;
-    let n = rsa::BigUint::from_bytes_be(&b64url(&jwk["n"]).ok_or("bad n")?);
-    let e = rsa::BigUint::from_bytes_be(&b64url(&jwk["e"]).ok_or("bad e")?);
-    let key = rsa::RsaPublicKey::new(n, e).map_err(|e| e.to_string())?;
-    let sig = rsa::pkcs1v15::Signature::try_from(
+    let modulus = rsa::BigUint::from_bytes_be(&b64url(&jwk["n"]).ok_or("bad n")?);
+    let exponent = rsa::BigUint::from_bytes_be(&b64url(&jwk["e"]).ok_or("bad e")?);
+    let key = rsa::RsaPublicKey::new(modulus, exponent).map_err(|e| e.to_string())?;
+    let signature = rsa::pkcs1v15::Signature::try_from(
         URL_SAFE_NO_PAD
-            .decode(s)
+            .decode(sig)
             .map_err(|e| e.to_string())?
             .as_slice(),
     )
     .map_err(|e| e.to_string())?;
     rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key)
-        .verify(format!("{h}.{p}").as_bytes(), &sig)
+        .verify(format!("{head}.{body}").as_bytes(), &signature)
         .map_err(|_| "MAA token signature invalid".to_string())?;
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|e| e.to_string())?)
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())
 }
 
@@ -378,6 +378,7 @@ impl JsonValue for reqwest::Response {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one wire exchange, read top to bottom
 async fn release(state: &State, name: &str, version: &str, body: &[u8]) -> Response<Full<Bytes>> {
     let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else {
         return azure_error(StatusCode::BAD_REQUEST, "BadParameter", "body is not JSON");

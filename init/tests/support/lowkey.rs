@@ -30,7 +30,7 @@ pub fn jar() -> Option<PathBuf> {
 /// A running Lowkey Vault.
 pub struct Lowkey {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// `https://localhost:PORT`: the vault URL.
     pub url: String,
     /// The token endpoint (managed-identity style) on the HTTP port.
@@ -133,17 +133,17 @@ impl Lowkey {
             url: format!("https://localhost:{port}"),
             token_endpoint: format!("http://127.0.0.1:{token_port}/metadata/identity/oauth2/token"),
             root: root.der().clone(),
-            _dir: dir,
+            dir,
         };
         me.wait_ready(port, token_port);
         Some(me)
     }
 
     fn wait_ready(&mut self, port: u16, token_port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_mins(2);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self._dir.path().join("lowkey.log"))
+                let log = std::fs::read_to_string(self.dir.path().join("lowkey.log"))
                     .unwrap_or_default();
                 panic!("Lowkey Vault exited with {status} during start-up:\n{log}");
             }

@@ -1,7 +1,8 @@
 //! Helpers shared by the init integration tests: running the real binary, file modes, and
 //! directory snapshots to prove nothing was written.
 
-#![allow(dead_code, unreachable_pub)]
+// Test helpers: a failed setup step should panic with its error.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod double;
 pub mod lowkey;

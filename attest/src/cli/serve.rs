@@ -45,13 +45,14 @@ pub(super) fn run(args: &ServeArgs) -> Result<ExitCode, Failure> {
         return Err(Failure::usage(anyhow!("--burst=0: must be at least 1")));
     }
     let config = provider_config(args)?;
+    // The TLS files first: building a simulated provider takes seconds.
+    let identity =
+        TlsIdentity::from_files(&args.tls_cert, &args.tls_key).map_err(Failure::usage)?;
     let provider: Arc<dyn provider::EvidenceProvider> =
         Arc::from(provider::build(&config).map_err(Failure::usage)?);
     if config.kind == ProviderKind::Simulated {
         tracing::warn!("serving SIMULATED evidence: verifiers refuse it unless --allow-simulated");
     }
-    let identity =
-        TlsIdentity::from_files(&args.tls_cert, &args.tls_key).map_err(Failure::usage)?;
     let options = ServeOptions {
         rate_per_second: args.rate,
         rate_burst: args.burst,

@@ -576,4 +576,24 @@ mod tests {
             Err(IssueError::BadSan { .. })
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any single flipped bit inside the signed part of the CA certificate is refused.
+        #[test]
+        fn a_flipped_tbs_bit_never_verifies(pick in 0usize..10_000, bit in 0u8..8) {
+            let k = key(7);
+            let pem = self_signed_ca(&k, &CaParams::new(now())).unwrap();
+            let mut der = der_of(&pem);
+            let (tbs_start, tbs_len) = {
+                let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+                let tbs = cert.tbs_certificate.as_ref();
+                let start = tbs.as_ptr() as usize - der.as_ptr() as usize;
+                (start, tbs.len())
+            };
+            let at = tbs_start + pick % tbs_len;
+            der[at] ^= 1 << bit;
+            proptest::prop_assert!(verify_ca_cert(&k, &to_pem(&der), now()).is_err());
+        }
+    }
 }

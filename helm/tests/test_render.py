@@ -366,6 +366,13 @@ def test_helm_test_pod_calls_through_the_mesh(helm, mode):
     docs = render(helm, mode)
     pod = one(docs, "Pod", "-test-mesh")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    # The Service and the NetworkPolicy select the workload only, never the test pod.
+    labels = pod["metadata"]["labels"]
+    for selector in (one(docs, "Service")["spec"]["selector"],
+                     one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]):
+        assert not all(labels.get(k) == v for k, v in selector.items()), selector
+    workload_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert all(workload_labels.get(k) == v for k, v in one(docs, "Service")["spec"]["selector"].items())
     spec = pod["spec"]
     assert [c["name"] for c in spec["initContainers"]] == ["init-proxy", "proxy"]
     curl = by_name(spec, "curl")

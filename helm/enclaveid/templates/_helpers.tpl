@@ -20,18 +20,26 @@ container security context. Every template goes through these, so a guard here h
 {{- end -}}
 {{- end -}}
 
+{{/* Selects the workload's pods only (the helm test pod has component: test). */}}
 {{- define "enclaveid.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "enclaveid.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: workload
 {{- end -}}
 
-{{- define "enclaveid.labels" -}}
+{{- define "enclaveid.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-{{ include "enclaveid.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "enclaveid.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: enclaveid
 enclaveid.io/deployment: {{ .Values.deployment }}
+{{- end -}}
+
+{{- define "enclaveid.labels" -}}
+{{ include "enclaveid.commonLabels" . }}
+app.kubernetes.io/component: workload
 {{- end -}}
 
 {{- define "enclaveid.serviceAccountName" -}}

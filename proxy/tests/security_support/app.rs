@@ -20,6 +20,10 @@ pub(crate) enum Reply {
     Echo,
     /// Answer each HTTP/1.1 request head with a small 200 (http mode, keep-alive).
     Http200,
+    /// Like `Http200`, but only after this many milliseconds (a request in flight).
+    Http200After(u64),
+    /// Read everything, answer nothing (a backend that hangs mid-request).
+    Stall,
 }
 
 /// Counters of what reached the app.
@@ -27,9 +31,17 @@ pub(crate) enum Reply {
 pub(crate) struct Seen {
     pub(crate) connections: AtomicUsize,
     pub(crate) bytes: AtomicUsize,
+    /// The first MiB received, across connections, for header checks.
+    pub(crate) data: std::sync::Mutex<Vec<u8>>,
 }
 
+const KEEP: usize = 1 << 20;
+
 impl Seen {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data.lock().unwrap()).into_owned()
+    }
+
     pub(crate) fn snapshot(&self) -> (usize, usize) {
         (
             self.connections.load(Ordering::SeqCst),
@@ -38,16 +50,21 @@ impl Seen {
     }
 }
 
-/// A running app; the accept loop stops when this is dropped.
+/// A running app; dropping it stops the accept loop and closes every open connection, like a
+/// backend process that dies.
 pub(crate) struct App {
     pub(crate) addr: std::net::SocketAddr,
     pub(crate) seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Drop for App {
     fn drop(&mut self) {
         self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
     }
 }
 
@@ -63,11 +80,13 @@ impl App {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let seen2 = seen.clone();
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let conns2 = conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 seen2.connections.fetch_add(1, Ordering::SeqCst);
                 let seen = seen2.clone();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 * 1024];
                     let mut head = Vec::new();
                     loop {
@@ -76,17 +95,27 @@ impl App {
                             Ok(n) => n,
                         };
                         seen.bytes.fetch_add(n, Ordering::SeqCst);
+                        {
+                            let mut data = seen.data.lock().unwrap();
+                            let room = KEEP.saturating_sub(data.len()).min(n);
+                            data.extend_from_slice(&buf[..room]);
+                        }
                         match reply {
                             Reply::Echo => {
                                 if sock.write_all(&buf[..n]).await.is_err() {
                                     break;
                                 }
                             }
-                            Reply::Http200 => {
+                            Reply::Stall => {}
+                            Reply::Http200 | Reply::Http200After(_) => {
                                 head.extend_from_slice(&buf[..n]);
                                 // One answer per complete head; bodies are not used by tests.
                                 while let Some(end) = find(&head, b"\r\n\r\n") {
                                     head.drain(..end + 4);
+                                    if let Reply::Http200After(ms) = reply {
+                                        tokio::time::sleep(std::time::Duration::from_millis(ms))
+                                            .await;
+                                    }
                                     let body = b"ok\n";
                                     let resp = format!(
                                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
@@ -102,9 +131,15 @@ impl App {
                         }
                     }
                 });
+                conns2.lock().unwrap().push(conn.abort_handle());
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            task,
+            conns,
+        }
     }
 }
 

@@ -98,6 +98,16 @@ impl Store {
                         reason: "not a regular file",
                     });
                 }
+                // ... and a symlinked directory on the way (`blobs -> /`) must not lead out.
+                let real = path.canonicalize().map_err(|e| ImageError::io(&path, e))?;
+                let real_root = root.canonicalize().map_err(|e| ImageError::io(root, e))?;
+                if !real.starts_with(&real_root) {
+                    return Err(ImageError::UnsafePath {
+                        context: self.path().display().to_string(),
+                        path: name.into(),
+                        reason: "resolves outside the image layout",
+                    });
+                }
                 let file = File::open(&path).map_err(|e| ImageError::io(&path, e))?;
                 let size = meta.len();
                 Ok((Box::new(BufReader::new(file).take(size)), size))

@@ -181,3 +181,24 @@ fn huge_declared_member_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn layout_symlink_out_of_the_directory_is_refused() {
+    if !have_tools() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let base = Layout::base(work.path(), "base");
+    let evil = base.copy("evil");
+    // Move the blobs elsewhere and link to them: content and digests are intact, but the
+    // layout now reads outside its own directory.
+    let outside = work.path().join("outside-blobs");
+    std::fs::rename(evil.dir.join("blobs"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, evil.dir.join("blobs")).unwrap();
+    let err = compare(&base.dir, &evil.dir).unwrap_err();
+    assert!(matches!(err, ImageError::UnsafePath { .. }), "{err}");
+    assert!(
+        err.to_string().contains("outside the image layout"),
+        "{err}"
+    );
+}

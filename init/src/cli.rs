@@ -200,4 +200,3 @@ mod tests {
         assert_eq!(p.validity, Duration::from_hours(24));
     }
 }
-

@@ -345,21 +345,45 @@ pub fn renewal_delay(
     Duration::try_from(due - now).unwrap_or(Duration::ZERO)
 }
 
-/// The validity of the certificate already in the output directory, if one is readable.
-fn existing_validity(out: &OutputDir) -> Option<(OffsetDateTime, OffsetDateTime)> {
+/// The validity of the certificate already in the output directory, if it is one this CA
+/// signed for exactly the requested SANs (a restart with other flags, or another CA, means the
+/// file is stale and is replaced at once).
+fn existing_validity(
+    ca: &Ca,
+    out: &OutputDir,
+    args: &ProxyArgs,
+) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    use x509_parser::extensions::GeneralName;
     let pem = std::fs::read(out.path().join(CERT_FILE)).ok()?;
     let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
     let cert = parsed.parse_x509().ok()?;
-    Some((
-        cert.validity().not_before.to_datetime(),
-        cert.validity().not_after.to_datetime(),
-    ))
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.cert().der).ok()?;
+    cert.verify_signature(Some(ca_cert.public_key())).ok()?;
+    let mut dns = Vec::new();
+    let mut uris = Vec::new();
+    for name in &cert.subject_alternative_name().ok()??.value.general_names {
+        match name {
+            GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+            GeneralName::URI(u) => uris.push((*u).to_owned()),
+            _ => return None,
+        }
+    }
+    let (mut want_dns, mut want_uris) = (args.dns.clone(), args.uri.clone());
+    for v in [&mut dns, &mut uris, &mut want_dns, &mut want_uris] {
+        v.sort();
+    }
+    (dns == want_dns && uris == want_uris).then(|| {
+        (
+            cert.validity().not_before.to_datetime(),
+            cert.validity().not_after.to_datetime(),
+        )
+    })
 }
 
 /// `enclaveid-init renew`: runs until SIGTERM/SIGINT.
 pub async fn renew(args: &ProxyArgs) -> anyhow::Result<()> {
     let (ca, out) = prepare(args).await?;
-    let mut validity = match existing_validity(&out) {
+    let mut validity = match existing_validity(&ca, &out, args) {
         Some(v) => v,
         None => issue_and_write(&ca, &out, args)?,
     };

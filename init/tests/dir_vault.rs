@@ -285,6 +285,7 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &self.0.to_string()])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
@@ -326,4 +327,78 @@ fn an_unreachable_vault_is_retried_then_exits_1() {
     assert!(stderr.matches("transient failure").count() >= 2, "{stderr}");
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
     assert!(snapshot(out.path()).is_empty());
+}
+
+#[test]
+fn renew_replaces_a_stale_leaf_at_once_and_keeps_a_current_one() {
+    let vault = disk_tempdir();
+    let out = disk_tempdir();
+    assert_eq!(secrets(vault.path()).status.code(), Some(0));
+    assert_eq!(
+        run(bin().args(proxy_args(vault.path(), out.path())))
+            .status
+            .code(),
+        Some(0)
+    );
+    let written = std::fs::read(out.path().join("cert.pem")).unwrap();
+
+    // Same SANs, 24 h leaf just written: renew keeps it (next renewal in 16 h).
+    let mut args = proxy_args(vault.path(), out.path());
+    args[0] = "renew".into();
+    let child = bin()
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    let output = wait_for_log(child, "next renewal scheduled");
+    drop(guard);
+    assert!(output.contains("next renewal scheduled"), "{output}");
+    assert_eq!(std::fs::read(out.path().join("cert.pem")).unwrap(), written);
+
+    // Different SANs: the file is stale and is replaced immediately.
+    args.extend(["--dns".into(), "extra.prod.svc".into()]);
+    let child = bin()
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child.id());
+    let output = wait_for_log(child, "next renewal scheduled");
+    drop(guard);
+    assert!(output.contains("leaf certificate written"), "{output}");
+    let replaced = std::fs::read(out.path().join("cert.pem")).unwrap();
+    assert_ne!(replaced, written);
+    let (_, cert) = x509_parser::pem::parse_x509_pem(&replaced).unwrap();
+    let cert = cert.parse_x509().unwrap();
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(sans.contains("extra.prod.svc"), "{sans}");
+}
+
+/// Reads the child's stderr until `needle` appears (or 20 s pass), then kills it.
+fn wait_for_log(mut child: std::process::Child, needle: &str) -> String {
+    use std::io::Read as _;
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while !text.contains(needle) && std::time::Instant::now() < deadline {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    text
 }

@@ -143,8 +143,8 @@ impl Lowkey {
         let deadline = Instant::now() + Duration::from_mins(2);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.dir.path().join("lowkey.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("lowkey.log")).unwrap_or_default();
                 panic!("Lowkey Vault exited with {status} during start-up:\n{log}");
             }
             let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();

@@ -2,7 +2,12 @@
 //! directory snapshots to prove nothing was written.
 
 // Test helpers: a failed setup step should panic with its error.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::missing_panics_doc)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::missing_panics_doc
+)]
 
 pub mod double;
 pub mod lowkey;

@@ -226,7 +226,8 @@ pub fn check_report_and_chain(
                 report.cpuid_fam_id, report.cpuid_mod_id
             ),
         );
-    } else if report.version >= 3 {
+    } else if report.version >= 3 && (report.cpuid_fam_id, report.cpuid_mod_id) != (0, 0) {
+        // All-zero CPUID fields mean "not reported" (early v3 firmware); anything else must map.
         out.push(
             "report.cpuid_product",
             false,

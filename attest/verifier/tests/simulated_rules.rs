@@ -329,6 +329,12 @@ fn vtpm_evidence(extra: &[u8], ak_pem_key: &rsa::RsaPrivateKey) -> Evidence {
     let public = rsa::RsaPublicKey::from(ak());
     let claims = hcl::claims_json(&public);
     let hcl_report = chain().hcl_report(claims.as_bytes(), &ReportFields::default());
+    // It must fit swtpm's NV index limit, where the vTPM provider tests provision it.
+    assert!(
+        hcl_report.len() <= 2048,
+        "HCL report is {} bytes",
+        hcl_report.len()
+    );
     let pcrs: Vec<[u8; 32]> = (0..24u8).map(|i| [i; 32]).collect();
     let message = quote_message(extra, &pcrs);
     let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(ak().clone());

@@ -124,6 +124,29 @@ def test_no_key_volume_in_any_app_container(helm):
             assert "enclaveid-tls" not in str(app)
 
 
+def test_app_volumes_only_their_own(helm, kubernetes_validate, tmp_path):
+    app_values = ["-f", str(FIXTURES / "app-volumes.yaml")]
+    proc = helm_template(helm, mode_args("microk8s", app_values))
+    spec = pod_spec([d for d in yaml.safe_load_all(proc.stdout) if d])
+    assert mounts(by_name(spec, "app"))["app-config"]["mountPath"] == "/etc/app"
+    assert {v["name"]: v for v in spec["volumes"]}["app-config"]["configMap"]["name"] == "my-app-config"
+    out = tmp_path / "render.yaml"
+    out.write_text(proc.stdout)
+    check = subprocess.run(kubernetes_validate + ["--strict", "-k", KUBE_VERSION, str(out)], capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # The key tmpfs cannot be mounted into the app, by any route.
+    err = render_error(helm, "microk8s", app_values + ["--set", "app.containers[0].volumeMounts[0].name=enclaveid-tls",
+                                                       "--set", "app.containers[0].volumeMounts[0].mountPath=/keys"])
+    assert 'app.containers[0].volumeMounts[0].name = "enclaveid-tls"' in err, err
+    err = render_error(helm, "microk8s", app_values + [
+        "--set-json", 'app.volumes=[{"name": "enclaveid-tls", "emptyDir": {"medium": "Memory"}}]'])
+    assert "app.volumes" in err and "enclaveid-tls" in err, err
+    err = render_error(helm, "microk8s", app_values + [
+        "--set-json", 'app.volumes=[{"name": "host", "hostPath": {"path": "/"}}]'])
+    assert "hostPath" in err and "app/volumes/0" in err, err
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_container_is_hardened(helm, mode):
     for spec in all_pod_specs(render(helm, mode)):

@@ -250,6 +250,10 @@ tmpfs): that key's SPKI is what the evidence binds, so clients that verify it ca
     {{- toYaml . | nindent 4 }}
     {{- end }}
   {{- end }}
+  {{- with $c.envFrom }}
+  envFrom:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- with $c.ports }}
   ports:
     {{- toYaml . | nindent 4 }}
@@ -269,6 +273,14 @@ tmpfs): that key's SPKI is what the evidence binds, so clients that verify it ca
   volumeMounts:
     - name: app-tmp
       mountPath: /tmp
+    {{- $appVolumes := list }}
+    {{- range $root.Values.app.volumes }}{{ $appVolumes = append $appVolumes .name }}{{ end }}
+    {{- range $j, $m := (default list $c.volumeMounts) }}
+    {{- if not (has $m.name $appVolumes) }}
+    {{- fail (printf "app.containers[%d].volumeMounts[%d].name = %q: app containers may mount only app.volumes (%s); the key tmpfs, proxy config and vault stay out of the app" $i $j $m.name (join ", " $appVolumes)) }}
+    {{- end }}
+    - {{ toYaml $m | nindent 6 | trim }}
+    {{- end }}
     {{- if and (eq $root.Values.deployment "kata-cc") $root.Values.kataCC.remotefs.enabled }}
     - name: remotefs
       mountPath: {{ $root.Values.kataCC.remotefs.mountPath }}

@@ -50,10 +50,9 @@ fn vault(lowkey: &Lowkey, key_name: &str, spec: Option<KeySpec>) -> AkvVault {
 
 #[tokio::test]
 async fn akv_backend_against_lowkey_vault() {
+    // None only when the registry refused the jar (scripts/ci-deps/init.sh recorded it);
+    // a missing install step fails under CI=true.
     let Some(lowkey) = Lowkey::start() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            eprintln!("CI=true and no Lowkey Vault: see the warning of scripts/ci-deps/init.sh");
-        }
         return;
     };
 

@@ -27,6 +27,17 @@ pub fn jar() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
+/// True if `scripts/ci-deps/init.sh` ran and the package registry refused the jar.
+pub fn registry_refused() -> bool {
+    std::env::var("HOME").is_ok_and(|home| {
+        PathBuf::from(home)
+            .join(format!(
+                ".m2/repository/com/github/nagyesta/lowkey-vault/lowkey-vault-app/{LOWKEY_VERSION}.unavailable"
+            ))
+            .exists()
+    })
+}
+
 /// A running Lowkey Vault.
 pub struct Lowkey {
     child: Child,
@@ -59,9 +70,14 @@ impl Lowkey {
     /// missing.
     pub fn start() -> Option<Self> {
         let Some(jar) = jar() else {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            assert!(
+                !ci || registry_refused(),
+                "Lowkey Vault jar not found and scripts/ci-deps/init.sh has not run: run it (or set LOWKEY_VAULT_JAR)"
+            );
             eprintln!(
-                "\n#### Lowkey Vault jar not found: run scripts/ci-deps/init.sh (or set LOWKEY_VAULT_JAR); \
-                 the Lowkey Vault tests are SKIPPED ####\n"
+                "\n#### Lowkey Vault jar not found (the package registry refused it, see \
+                 scripts/ci-deps/init.sh); the Lowkey Vault tests are SKIPPED ####\n"
             );
             return None;
         };

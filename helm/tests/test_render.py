@@ -342,6 +342,8 @@ def test_aks_specifics(helm):
     assert set(skipped) == {"proxy", "attest", "app"}
     init_args = by_name(spec, "init-proxy")["args"]
     assert init_args[init_args.index("--vault") + 1] == "akv:https://enclaveid-test.vault.azure.net"
+    assert init_args[init_args.index("--evidence") + 1] == "vtpm"
+    assert "--evidence" not in by_name(spec, "init-secrets")["args"], "secrets never releases the key"
     assert "spiffe://cluster.local/ns/prod/sa/t-enclaveid" in init_args
 
 

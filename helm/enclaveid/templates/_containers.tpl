@@ -12,7 +12,7 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
   imagePullPolicy: {{ .Values.imagePullPolicy }}
   args:
     - secrets
-    {{- include "enclaveid.vaultArgs" . | nindent 4 }}
+    {{- include "enclaveid.vaultArgs" (dict "root" . "release" false) | nindent 4 }}
     {{- if .Values.vault.releasePolicy }}
     - --release-policy
     - /etc/enclaveid/release-policy/release-policy.json
@@ -47,7 +47,7 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
   imagePullPolicy: {{ .Values.imagePullPolicy }}
   args:
     - proxy
-    {{- include "enclaveid.vaultArgs" . | nindent 4 }}
+    {{- include "enclaveid.vaultArgs" (dict "root" . "release" true) | nindent 4 }}
     - --out
     - /run/enclaveid/tls
     - --validity
@@ -137,7 +137,7 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
   {{- end }}
   args:
     - renew
-    {{- include "enclaveid.vaultArgs" $root | nindent 4 }}
+    {{- include "enclaveid.vaultArgs" (dict "root" $root "release" true) | nindent 4 }}
     - --out
     - /run/enclaveid/tls
     - --validity

@@ -172,20 +172,25 @@ seccompProfile:
   value: {{ .Values.proxy.logLevel | quote }}
 {{- end -}}
 
-{{/* Arguments that select the vault and SKR, for init proxy/renew. */}}
+{{/*
+Arguments that select the vault, for every init command. Args: dict "root" $ "release" BOOL.
+`--evidence` only where the secret is released (proxy, renew): `secrets` never releases it,
+and needs MAA only as the release policy's authority.
+*/}}
 {{- define "enclaveid.vaultArgs" -}}
+{{- $root := .root -}}
 - --vault
-- {{ include "enclaveid.vaultUrl" . | quote }}
-{{- if hasPrefix "akv:" (include "enclaveid.vaultUrl" .) }}
+- {{ include "enclaveid.vaultUrl" $root | quote }}
+{{- if hasPrefix "akv:" (include "enclaveid.vaultUrl" $root) }}
 - --key-name
-- {{ .Values.vault.keyName | quote }}
-{{- if .Values.vault.maaEndpoint }}
+- {{ $root.Values.vault.keyName | quote }}
+{{- if $root.Values.vault.maaEndpoint }}
 - --maa
-- {{ .Values.vault.maaEndpoint | quote }}
+- {{ $root.Values.vault.maaEndpoint | quote }}
 {{- end }}
-{{- if eq (include "enclaveid.confidential" .) "true" }}
+{{- if and .release (eq (include "enclaveid.confidential" $root) "true") }}
 - --evidence
-- {{ include "enclaveid.provider" . | quote }}
+- {{ include "enclaveid.provider" $root | quote }}
 {{- end }}
 {{- end }}
 {{- end -}}

@@ -54,6 +54,7 @@ def machine() -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     started = dt.datetime.now(dt.timezone.utc)
+    load_start = Path("/proc/loadavg").read_text().split()[:3]
     out: list[str] = []
     ports = procs.PortAllocator(args.port_base)
     wanted = args.peers.split(",")
@@ -80,6 +81,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     ended = dt.datetime.now(dt.timezone.utc)
+    load_end = Path("/proc/loadavg").read_text().split()[:3]
 
     md = [f"# Side-by-side run, {started:%Y-%m-%d %H:%M}–{ended:%H:%M} UTC", "",
           f"Command: `python3 benches/bench.py {' '.join(sys.argv[1:])}`".replace(
@@ -92,6 +94,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
           "P-256 ECDSA leaves from one throwaway CA, no resumption (checked). Peak RSS = sum "
           "of VmHWM over both sidecars' processes; CPU = user+sys of both sidecars during "
           "the small-request load, divided by its requests.", "",
+          *([f"enclaveid-proxy ran with `{env}`.", ""] if (env := " ".join(
+              f"{k}={v}" for k, v in ours.extra_env().items())) else []),
+          f"Load average (1/5/15 min) at the start: {' '.join(load_start)}; at the end: "
+          f"{' '.join(load_end)} (2 vCPUs; above 2 means other work was competing).", "",
           "## Medians (ratio to the best sidecar for that column)", "",
           report.side_by_side(samples), "",
           "## Targets of issue 6 (`ours-tcp` against the best of nginx, HAProxy, ghostunnel)", "",
@@ -131,11 +137,16 @@ def main() -> int:
     ap.add_argument("--big-conns", type=int, default=16)
     ap.add_argument("--hs-conns", type=int, default=64)
     ap.add_argument("--idle", default="1000", help="idle-connection counts, comma separated")
-    ap.add_argument("--peers", default="ours-tcp,ours-http,nginx,haproxy,ghostunnel")
+    ap.add_argument("--peers", default=None,
+                    help="default: every peer (compare), ours-tcp,nginx,haproxy (profile)")
+    ap.add_argument("--dhat-conns", type=int, default=200, help="profile: idle conns under dhat")
     ap.add_argument("--port-base", type=int, default=21000)
     ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     args = ap.parse_args()
+    if args.peers is None:
+        args.peers = ("ours-tcp,nginx,haproxy" if args.command == "profile"
+                      else "ours-tcp,ours-http,nginx,haproxy,ghostunnel")
     if args.command == "compare":
         return cmd_compare(args)
     from harness import limits, profile  # noqa: PLC0415

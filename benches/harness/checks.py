@@ -84,13 +84,18 @@ def run_checks(peer: Peer, work: Path, pki: Pki, ports: procs.PortAllocator, bac
     status2, _, _, reused = _tls_get(inbound, pki.ca, pki.client, session=session, ctx=ctx)
     record("inbound does not resume sessions", status == 200 and status2 == 200 and not reused)
 
-    # The impostor inbound trusts the mesh CA, so only the outbound's own check can refuse it.
+    # The impostor is a real `openssl s_server -www` (it answers any GET with 200), so only the
+    # outbound's own verification can refuse it; some peers (ours) will not even start an
+    # inbound with a certificate that does not chain to their CA.
     for label, leaf in (("wrong-SAN server", pki.wrong_san_server),
                         ("rogue-CA server", pki.rogue_server)):
         i2, o2 = ports.take(), ports.take()
         tag = f"{peer.name}-check-{label.split()[0].lower()}"
-        bad_in = peer.start_inbound(work, f"{tag}-in", Side(i2, backend, leaf, pki.ca))
+        bad_in = procs.start(f"{tag}-impostor", [
+            "openssl", "s_server", "-quiet", "-www", "-tls1_3", "-accept", f"127.0.0.1:{i2}",
+            "-cert", str(leaf.cert), "-key", str(leaf.key)], work)
         try:
+            procs.wait_listening(i2, bad_in)
             out2 = peer.start_outbound(work, f"{tag}-out", Side(o2, i2, pki.client, pki.ca))
             try:
                 try:

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _LIVE: list[subprocess.Popen] = []
+# Prepended to every started program's argv (the profiler sets it to run peers under valgrind).
+WRAP: list[str] = []
+# How long to wait for a listener (valgrind needs far longer than a native start).
+LISTEN_DEADLINE_S = 20.0
 
 
 def _kill_all() -> None:
@@ -71,7 +75,7 @@ def start(name: str, argv: list[str], logdir: Path, env: dict[str, str] | None =
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    p = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    p = subprocess.Popen([*WRAP, *argv], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                          env=full_env, cwd=cwd, start_new_session=True)
     fh.close()
     _LIVE.append(p)
@@ -98,8 +102,9 @@ def stop(p: subprocess.Popen | Proc, grace: float = 5.0) -> None:
         _LIVE.remove(popen)
 
 
-def wait_listening(port: int, proc: Proc, deadline_s: float = 20.0) -> None:
+def wait_listening(port: int, proc: Proc, deadline_s: float | None = None) -> None:
     """Connects to 127.0.0.1:`port` until it accepts; fails fast if `proc` exits."""
+    deadline_s = deadline_s or LISTEN_DEADLINE_S
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.popen.poll() is not None:
@@ -119,6 +124,17 @@ def tail(path: Path, n: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return "(no log)"
+
+
+def threads(pid: int) -> list[int]:
+    """Every thread id of every process in the tree of `pid`."""
+    out = []
+    for p in tree_pids(pid):
+        try:
+            out += [int(t.name) for t in Path(f"/proc/{p}/task").iterdir()]
+        except OSError:
+            pass
+    return out
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -168,3 +184,12 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / tick
+
+
+def tempfile_dir() -> str:
+    """A world-readable temporary directory (nginx workers run as `nobody`)."""
+    import tempfile  # noqa: PLC0415
+
+    d = tempfile.mkdtemp(prefix="enclaveid-bench-")
+    os.chmod(d, 0o755)
+    return d

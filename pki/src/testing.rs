@@ -98,15 +98,26 @@ impl LeafSpec {
 }
 
 impl TestCa {
-    /// A fresh P-256 root CA with the given common name.
+    /// A fresh P-256 root CA with the given common name and `pathlen:0`, like the mesh CA that
+    /// init derives: it signs leaves only.
     #[must_use]
     pub fn new(common_name: &str) -> Self {
+        Self::build(common_name, None)
+    }
+
+    /// An intermediate CA signed by this one (which a `pathlen:0` root must not accept).
+    #[must_use]
+    pub fn intermediate(&self, common_name: &str) -> Self {
+        Self::build(common_name, Some(self))
+    }
+
+    fn build(common_name: &str, parent: Option<&TestCa>) -> Self {
         let key = KeyPair::generate().expect("P-256 key generation does not fail");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no SANs to parse");
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -115,9 +126,11 @@ impl TestCa {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::days(1);
         params.not_after = now + Duration::days(30);
-        let cert = params
-            .self_signed(&key)
-            .expect("self-signing a fresh CA does not fail");
+        let cert = match parent {
+            None => params.self_signed(&key),
+            Some(p) => params.signed_by(&key, &Issuer::from_params(&p.params, &p.key)),
+        }
+        .expect("signing a fresh CA does not fail");
         Self { params, key, cert }
     }
 
@@ -187,6 +200,14 @@ impl TestCa {
         }
     }
 
+    /// A leaf whose PEM is followed by this CA's certificate (a chain through an intermediate).
+    #[must_use]
+    pub fn workload_with_chain(&self, sa: &str) -> TestCert {
+        let mut leaf = self.workload(sa);
+        leaf.cert_pem.push_str(&self.cert.pem());
+        leaf
+    }
+
     /// A valid leaf for service account `sa` (see [`LeafSpec::workload`]).
     #[must_use]
     pub fn workload(&self, sa: &str) -> TestCert {
@@ -236,6 +257,21 @@ mod tests {
             .unwrap_err();
             assert!(matches!(err, TlsError::Untrusted { .. }), "{what}: {err}");
         }
+        // The root has pathlen 0: a chain through an intermediate is refused.
+        let via = ca
+            .intermediate("intermediate")
+            .workload_with_chain("frontend");
+        let err = Material::from_pem(
+            ca.cert_pem().as_bytes(),
+            via.cert_pem.as_bytes(),
+            via.key_pem.as_bytes(),
+            ["ca", "cert", "key"],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("PathLenConstraintViolated"),
+            "{err}"
+        );
         let other_key = ca.workload("y").key_pem;
         let err = Material::from_pem(
             ca.cert_pem().as_bytes(),

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
@@ -17,7 +18,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 
 use crate::identity::{AllowPattern, PeerIdentity};
 use crate::pem::{self, PemError, PrivateKey};
@@ -79,6 +80,7 @@ pub struct TlsSettings {
 #[derive(Clone)]
 pub struct Material {
     roots: Arc<RootCertStore>,
+    anchors: Arc<Anchors>,
     ca_certs: Vec<CertificateDer<'static>>,
     key: Arc<CertifiedKey>,
     identity: PeerIdentity,
@@ -141,35 +143,17 @@ impl Material {
             .keys_match()
             .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
         let leaf = &chain[0];
-        let anchors: Vec<_> = ca_certs
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                webpki::anchor_from_trusted_cert(c).map_err(|e| TlsError::BadAnchor {
-                    index,
-                    why: e.to_string(),
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let ee = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+        let anchors = Arc::new(Anchors::new(&ca_certs)?);
         for (usage, eku) in [
             ("clientAuth", webpki::KeyUsage::client_auth()),
             ("serverAuth", webpki::KeyUsage::server_auth()),
         ] {
-            ee.verify_for_usage(
-                provider.signature_verification_algorithms.all,
-                &anchors,
-                &chain[1..],
-                now,
-                eku,
-                None,
-                None,
-            )
-            .map_err(|e| TlsError::Untrusted {
-                usage,
-                why: e.to_string(),
-            })?;
+            anchors
+                .verify(leaf, &chain[1..], now, eku)
+                .map_err(|e| TlsError::Untrusted {
+                    usage,
+                    why: e.to_string(),
+                })?;
         }
         let identity =
             PeerIdentity::from_der(leaf).map_err(|e| TlsError::BadCertificate(e.to_string()))?;
@@ -178,6 +162,7 @@ impl Material {
         let not_after = parsed.validity().not_after.timestamp();
         Ok(Self {
             roots: Arc::new(roots),
+            anchors,
             ca_certs,
             key: Arc::new(certified),
             identity,
@@ -220,10 +205,11 @@ impl Material {
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
             .map_err(|e| TlsError::Config(e.to_string()))?;
-        let verifier: Arc<dyn ClientCertVerifier> = match allow {
-            Some(allow) => Arc::new(AllowListVerifier { inner, allow }),
-            None => inner,
-        };
+        let verifier: Arc<dyn ClientCertVerifier> = Arc::new(MeshClientVerifier {
+            inner,
+            anchors: self.anchors.clone(),
+            allow,
+        });
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions(settings.min_version))
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -245,10 +231,13 @@ impl Material {
         settings: &TlsSettings,
         alpn: &[&[u8]],
     ) -> Result<ClientConfig, TlsError> {
-        let verifier: Arc<dyn ServerCertVerifier> =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(MeshServerVerifier {
+            inner,
+            anchors: self.anchors.clone(),
+        });
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions(settings.min_version))
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -274,14 +263,100 @@ fn versions(min: MinVersion) -> &'static [&'static rustls::SupportedProtocolVers
     }
 }
 
-/// Wraps the pinned-CA client verifier and then requires an identity inside the allow list.
+/// The pinned anchors with each one's `pathLenConstraint`, which webpki does not apply to a
+/// trust anchor: the mesh CA has pathlen 0, so a chain through any intermediate is refused.
 #[derive(Debug)]
-struct AllowListVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    allow: Vec<AllowPattern>,
+struct Anchors {
+    anchors: Vec<TrustAnchor<'static>>,
+    path_len: Vec<Option<u32>>,
+    algs: WebPkiSupportedAlgorithms,
 }
 
-impl ClientCertVerifier for AllowListVerifier {
+impl Anchors {
+    fn new(ca_certs: &[CertificateDer<'static>]) -> Result<Self, TlsError> {
+        let mut anchors = Vec::with_capacity(ca_certs.len());
+        let mut path_len = Vec::with_capacity(ca_certs.len());
+        for (index, c) in ca_certs.iter().enumerate() {
+            let bad = |why: String| TlsError::BadAnchor { index, why };
+            anchors.push(
+                webpki::anchor_from_trusted_cert(c)
+                    .map_err(|e| bad(e.to_string()))?
+                    .to_owned(),
+            );
+            let (_, parsed) =
+                x509_parser::parse_x509_certificate(c).map_err(|e| bad(e.to_string()))?;
+            let bc = parsed.basic_constraints().map_err(|e| bad(e.to_string()))?;
+            path_len.push(bc.and_then(|b| b.value.path_len_constraint));
+        }
+        Ok(Self {
+            anchors,
+            path_len,
+            algs: aws_lc_rs::default_provider().signature_verification_algorithms,
+        })
+    }
+
+    /// Verifies a chain for a usage at `now`, including the anchors' path length limits.
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<(), webpki::Error> {
+        let ee = webpki::EndEntityCert::try_from(end_entity)?;
+        let check = |path: &webpki::VerifiedPath<'_>| {
+            let depth = path.intermediate_certificates().count();
+            let spki = path.anchor().subject_public_key_info.as_ref();
+            let limit = self
+                .anchors
+                .iter()
+                .zip(&self.path_len)
+                .find(|(a, _)| a.subject_public_key_info.as_ref() == spki)
+                .and_then(|(_, l)| *l);
+            match limit {
+                Some(l) if depth > l as usize => Err(webpki::Error::PathLenConstraintViolated),
+                _ => Ok(()),
+            }
+        };
+        ee.verify_for_usage(
+            self.algs.all,
+            &self.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            Some(&check),
+        )
+        .map(|_| ())
+    }
+}
+
+/// A chain the anchors' path length refuses, as a rustls error (counted as `bad_certificate`).
+fn path_error(e: webpki::Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
+}
+
+/// The peer's handshake signature (CertificateVerify) did not verify: a bad certificate (for
+/// example an RSA-1024 key), not an unknown CA.
+#[derive(Debug, thiserror::Error)]
+#[error("handshake signature rejected: {0}")]
+struct HandshakeSignatureError(rustls::Error);
+
+fn signature_error(e: rustls::Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        HandshakeSignatureError(e),
+    ))))
+}
+
+/// The pinned-CA client verifier, plus the anchors' path length and the listener's allow list.
+#[derive(Debug)]
+struct MeshClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    anchors: Arc<Anchors>,
+    allow: Option<Vec<AllowPattern>>,
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -295,15 +370,27 @@ impl ClientCertVerifier for AllowListVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let id = PeerIdentity::from_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if id.is_allowed(&self.allow) {
-            Ok(verified)
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+        // Fast path: a leaf sent alone cannot exceed any path length.
+        if !intermediates.is_empty() {
+            self.anchors
+                .verify(
+                    end_entity,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::client_auth(),
+                )
+                .map_err(path_error)?;
         }
+        if let Some(allow) = &self.allow {
+            let id = PeerIdentity::from_der(end_entity)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            if !id.is_allowed(allow) {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -312,7 +399,9 @@ impl ClientCertVerifier for AllowListVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner
+            .verify_tls12_signature(message, cert, dss)
+            .map_err(signature_error)
     }
 
     fn verify_tls13_signature(
@@ -321,7 +410,73 @@ impl ClientCertVerifier for AllowListVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .map_err(signature_error)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The pinned-CA server verifier (chain, validity, SAN against the server name), plus the
+/// anchors' path length.
+#[derive(Debug)]
+struct MeshServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    anchors: Arc<Anchors>,
+}
+
+impl ServerCertVerifier for MeshServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if !intermediates.is_empty() {
+            self.anchors
+                .verify(
+                    end_entity,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::server_auth(),
+                )
+                .map_err(path_error)?;
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls12_signature(message, cert, dss)
+            .map_err(signature_error)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .map_err(signature_error)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

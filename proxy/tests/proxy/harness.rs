@@ -87,7 +87,10 @@ pub fn client_config(ca_pem: &str, leaf: &TestCert, alpn: &[&[u8]]) -> Arc<rustl
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
-        .with_client_auth_cert(vec![leaf.der.clone()], key.der())
+        .with_client_auth_cert(
+            enclaveid_pki::pem::parse_certificates(leaf.cert_pem.as_bytes(), "chain").unwrap(),
+            key.der(),
+        )
         .unwrap();
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(c)

@@ -59,6 +59,15 @@ fn cases(pki: &Pki) -> Vec<Case> {
             })),
         },
         Case {
+            name: "chain through an intermediate (the CA has pathlen 0)",
+            reason: "bad_certificate",
+            cert: Some(
+                pki.ca
+                    .intermediate("intermediate")
+                    .workload_with_chain("frontend"),
+            ),
+        },
+        Case {
             name: "identity outside allow",
             reason: "identity_not_allowed",
             cert: Some(pki.ca.workload("intruder")),
@@ -239,6 +248,10 @@ async fn inbound_refuses_bad_clients_curl_and_openssl() {
             let (cert, key) = write_leaf(files.path(), &format!("case{i}"), c);
             curl_cmd.args(["--cert", &cert, "--key", &key]);
             ossl.args(["-cert", &cert, "-key", &key]);
+            if c.cert_pem.matches("BEGIN CERTIFICATE").count() > 1 {
+                // s_client sends only the leaf of -cert; the rest must come from -cert_chain.
+                ossl.args(["-cert_chain", &cert]);
+            }
         }
         expect_refusal(&inbound, &app, "curl", case.name, case.reason, async {
             let out = curl_cmd.stdin(Stdio::null()).output().await.unwrap();

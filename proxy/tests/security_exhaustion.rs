@@ -232,6 +232,9 @@ async fn flood_head<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     status_of(&mut s).await
 }
 
+/// A named kind of oversized request head.
+type Flood = (&'static str, fn() -> Vec<u8>);
+
 fn big_value_head(bytes: usize) -> Vec<u8> {
     let mut h = b"GET /flood HTTP/1.1\r\nhost: backend\r\nx-flood: ".to_vec();
     h.resize(h.len() + bytes, b'a');
@@ -270,7 +273,6 @@ async fn header_floods_get_431_or_400_and_nothing_reaches_the_app() {
     legit_http(&rig).await;
     let app_before = rig.app().seen.snapshot();
 
-    type Flood = (&'static str, fn() -> Vec<u8>);
     let kinds: [Flood; 3] = [
         ("one 1 MiB header value", || big_value_head(1 << 20)),
         ("10,000 small headers", || many_headers_head(10_000)),

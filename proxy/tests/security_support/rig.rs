@@ -169,7 +169,9 @@ pub(crate) async fn rig_with(opts: Opts) -> Rig {
 
 /// A valid mTLS client connection to the inbound listener with the given ALPN.
 pub(crate) async fn mtls(addr: SocketAddr, cert: &Minted, alpn: &[u8]) -> Tls {
-    let config = attacker_config(Some(cert), &[&rustls::version::TLS13], &[alpn]);
+    // An empty `alpn` means: offer none.
+    let offer: &[&[u8]] = if alpn.is_empty() { &[] } else { &[alpn] };
+    let config = attacker_config(Some(cert), &[&rustls::version::TLS13], offer);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();

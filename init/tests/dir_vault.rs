@@ -76,7 +76,11 @@ fn secrets_is_idempotent_and_proxy_writes_three_files() {
     );
     assert!(sans.contains("api.prod.svc.cluster.local"), "{sans}");
     let validity = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
-    assert_eq!(validity, 24 * 3600);
+    assert_eq!(
+        validity,
+        24 * 3600 + 60,
+        "24 h from issuance, backdated by a minute"
+    );
     let key = rcgen::KeyPair::from_pem(std::str::from_utf8(&files["key.pem"]).unwrap()).unwrap();
     assert_eq!(
         rcgen::PublicKeyData::subject_public_key_info(&key),

@@ -24,6 +24,12 @@ pub const DEFAULT_CA_COMMON_NAME: &str = "EnclaveID Cluster CA";
 pub const DEFAULT_CA_VALIDITY: Duration = Duration::days(3650);
 /// A leaf's validity unless configured otherwise.
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::hours(24);
+/// How far a leaf's notBefore lies before its issuance, so that peers whose clocks run a little
+/// behind accept a freshly rotated leaf (capped at a quarter of the validity).
+pub const DEFAULT_LEAF_BACKDATE: Duration = Duration::minutes(1);
+/// How far a new CA certificate's notBefore lies before its creation, for the same reason: the
+/// pod that verifies it next may run a little behind the pod that made it.
+pub const CA_BACKDATE: Duration = Duration::hours(1);
 
 /// OID ecdsa-with-SHA256.
 const ECDSA_WITH_SHA256: &str = "1.2.840.10045.4.3.2";
@@ -102,12 +108,12 @@ pub struct CaParams {
 }
 
 impl CaParams {
-    /// Default CN, valid from `now` for [`DEFAULT_CA_VALIDITY`].
+    /// Default CN, valid from `now` − [`CA_BACKDATE`] to `now` + [`DEFAULT_CA_VALIDITY`].
     #[must_use]
     pub fn new(now: OffsetDateTime) -> Self {
         Self {
             common_name: DEFAULT_CA_COMMON_NAME.to_owned(),
-            not_before: now,
+            not_before: now - CA_BACKDATE,
             not_after: now + DEFAULT_CA_VALIDITY,
         }
     }
@@ -283,7 +289,7 @@ impl Ca {
                 request.validity
             )));
         }
-        let not_before = request.now;
+        let not_before = request.now - request.backdate.clamp(Duration::ZERO, request.validity / 4);
         let not_after = (request.now + request.validity).min(self.cert.not_after);
         if not_after <= not_before {
             return Err(IssueError::BadRequest(format!(
@@ -368,8 +374,11 @@ pub struct LeafRequest {
     pub common_name: Option<String>,
     /// Start of validity.
     pub now: OffsetDateTime,
-    /// Lifetime; default [`DEFAULT_LEAF_VALIDITY`].
+    /// Lifetime from `now`; default [`DEFAULT_LEAF_VALIDITY`].
     pub validity: Duration,
+    /// notBefore = `now` − `backdate` (at most `validity / 4`); default
+    /// [`DEFAULT_LEAF_BACKDATE`].
+    pub backdate: Duration,
 }
 
 impl LeafRequest {
@@ -382,6 +391,7 @@ impl LeafRequest {
             common_name: None,
             now,
             validity: DEFAULT_LEAF_VALIDITY,
+            backdate: DEFAULT_LEAF_BACKDATE,
         }
     }
 }
@@ -488,7 +498,7 @@ mod tests {
         let pem = self_signed_ca(&k, &params).unwrap();
         let err = verify_ca_cert(&k, &pem, now() + Duration::days(2)).unwrap_err();
         assert!(matches!(err, IssueError::Expired { .. }), "{err}");
-        let err = verify_ca_cert(&k, &pem, now() - Duration::hours(1)).unwrap_err();
+        let err = verify_ca_cert(&k, &pem, now() - Duration::hours(2)).unwrap_err();
         assert!(matches!(err, IssueError::NotYetValid { .. }), "{err}");
     }
 
@@ -518,7 +528,8 @@ mod tests {
             now(),
         );
         let leaf = ca.issue_leaf(&req).unwrap();
-        assert_eq!(leaf.not_after - leaf.not_before, DEFAULT_LEAF_VALIDITY);
+        assert_eq!(leaf.not_after, now() + DEFAULT_LEAF_VALIDITY);
+        assert_eq!(leaf.not_before, now() - DEFAULT_LEAF_BACKDATE);
         assert!(leaf.key_pem.contains("PRIVATE KEY"));
         assert!(!format!("{leaf:?}").contains("PRIVATE"));
 

@@ -7,9 +7,11 @@
 //! return a [`VerificationReport`]: one [`Check`] per rule, and a verdict.
 //!
 //! The binding contract shared with the server is in [`binding`]; the evidence JSON in
-//! [`evidence`]; the YAML policy in [`policy`]. With the `simulated` feature, [`simulated`]
+//! [`evidence`]; the YAML policy in [`policy`]. With the `simulated` feature, `simulated`
 //! provides a software chain and report signer that every verifier path refuses unless the
 //! policy allows simulated evidence.
+
+#![warn(missing_docs)]
 
 // The verifier's RustCrypto crates come without their `std` features (see the root Cargo.toml).
 extern crate p384_core as p384;

@@ -267,7 +267,7 @@ fn versions(min: MinVersion) -> &'static [&'static rustls::SupportedProtocolVers
 /// trust anchor: the mesh CA has pathlen 0, so a chain through any intermediate is refused.
 #[derive(Debug)]
 struct Anchors {
-    anchors: Vec<TrustAnchor<'static>>,
+    trusted: Vec<TrustAnchor<'static>>,
     path_len: Vec<Option<u32>>,
     algs: WebPkiSupportedAlgorithms,
 }
@@ -289,7 +289,7 @@ impl Anchors {
             path_len.push(bc.and_then(|b| b.value.path_len_constraint));
         }
         Ok(Self {
-            anchors,
+            trusted: anchors,
             path_len,
             algs: aws_lc_rs::default_provider().signature_verification_algorithms,
         })
@@ -308,7 +308,7 @@ impl Anchors {
             let depth = path.intermediate_certificates().count();
             let spki = path.anchor().subject_public_key_info.as_ref();
             let limit = self
-                .anchors
+                .trusted
                 .iter()
                 .zip(&self.path_len)
                 .find(|(a, _)| a.subject_public_key_info.as_ref() == spki)
@@ -320,7 +320,7 @@ impl Anchors {
         };
         ee.verify_for_usage(
             self.algs.all,
-            &self.anchors,
+            &self.trusted,
             intermediates,
             now,
             usage,

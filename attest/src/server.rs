@@ -7,17 +7,16 @@
 
 mod admin;
 pub mod handler;
+pub mod identity;
 pub mod metrics;
 pub mod ratelimit;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -25,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::provider::EvidenceProvider;
+pub use identity::{Identities, TlsIdentity};
 pub use metrics::Metrics;
 use ratelimit::TokenBucket;
 
@@ -87,83 +87,9 @@ pub enum ServerError {
     },
 }
 
-/// The server's TLS identity: the rustls config and the SHA-256 of the leaf's SPKI, which every
-/// piece of evidence commits to.
-#[derive(Clone)]
-pub struct TlsIdentity {
-    config: Arc<rustls::ServerConfig>,
-    spki_sha256: [u8; 32],
-}
-
-impl std::fmt::Debug for TlsIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsIdentity")
-            .field("spki_sha256", &hex::encode(self.spki_sha256))
-            .finish_non_exhaustive()
-    }
-}
-
-impl TlsIdentity {
-    /// Loads a PEM certificate chain (leaf first) and a PEM private key.
-    pub fn from_files(cert: &Path, key: &Path) -> Result<Self, ServerError> {
-        let tls_file = |field, path: &Path, reason: String| ServerError::TlsFile {
-            field,
-            path: path.to_owned(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(cert)
-            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-            .map_err(|e| tls_file("--tls-cert", cert, e.to_string()))?;
-        if certs.is_empty() {
-            return Err(tls_file("--tls-cert", cert, "no CERTIFICATE block".into()));
-        }
-        let key_der = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| tls_file("--tls-key", key, e.to_string()))?;
-        Self::new(certs, key_der).map_err(|e| match e {
-            ServerError::TlsFile { reason, .. } => tls_file("--tls-cert", cert, reason),
-            other => other,
-        })
-    }
-
-    /// Builds the identity from DER parts.
-    pub fn new(
-        certs: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-    ) -> Result<Self, ServerError> {
-        let leaf = certs.first().ok_or_else(|| ServerError::TlsFile {
-            field: "--tls-cert",
-            path: PathBuf::new(),
-            reason: "empty certificate chain".into(),
-        })?;
-        let spki = crate::tls::spki_of_certificate(leaf).map_err(|e| ServerError::TlsFile {
-            field: "--tls-cert",
-            path: PathBuf::new(),
-            reason: e.to_string(),
-        })?;
-        let spki_sha256 = enclaveid_attest_verifier::binding::spki_sha256(&spki);
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Self {
-            config: Arc::new(config),
-            spki_sha256,
-        })
-    }
-
-    /// SHA-256 of the leaf certificate's `SubjectPublicKeyInfo`.
-    #[must_use]
-    pub fn spki_sha256(&self) -> [u8; 32] {
-        self.spki_sha256
-    }
-}
-
 /// Shared state of one server.
 pub(crate) struct State {
     pub(crate) provider: Arc<dyn EvidenceProvider>,
-    pub(crate) spki_sha256: [u8; 32],
     pub(crate) bucket: TokenBucket,
     pub(crate) metrics: Metrics,
     pub(crate) options: ServeOptions,
@@ -187,7 +113,7 @@ impl Server {
     pub async fn start(
         listen: SocketAddr,
         admin: SocketAddr,
-        identity: TlsIdentity,
+        identities: Identities,
         provider: Arc<dyn EvidenceProvider>,
         options: ServeOptions,
     ) -> Result<Self, ServerError> {
@@ -207,7 +133,6 @@ impl Server {
         let (ready, _) = watch::channel(false);
         let state = Arc::new(State {
             provider,
-            spki_sha256: identity.spki_sha256,
             bucket: TokenBucket::new(options.rate_per_second, options.rate_burst),
             metrics: metrics.clone(),
             options,
@@ -221,13 +146,14 @@ impl Server {
             state.clone(),
             shutdown_rx.clone(),
         ));
+        let spki = identities.current().spki_sha256();
         tasks.spawn(accept_loop(
             listener,
-            TlsAcceptor::from(identity.config),
+            Arc::new(identities),
             state,
             shutdown_rx,
         ));
-        info!(%local_addr, %admin_addr, spki_sha256 = %hex::encode(identity.spki_sha256), "attestation server listening");
+        info!(%local_addr, %admin_addr, spki_sha256 = %hex::encode(spki), "attestation server listening");
         Ok(Self {
             local_addr,
             admin_addr,
@@ -258,7 +184,7 @@ fn local_addr_of(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    identities: Arc<Identities>,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -279,7 +205,11 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         };
-        let acceptor = acceptor.clone();
+        // The identity current at accept time serves this connection, and its key is the one
+        // the connection's evidence is bound to, even if the files change meanwhile.
+        let identity = identities.current();
+        let acceptor = TlsAcceptor::from(identity.config());
+        let spki = identity.spki_sha256();
         let state = state.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -307,7 +237,7 @@ async fn accept_loop(
             state.metrics.open_connections.inc();
             let service = hyper::service::service_fn({
                 let state = state.clone();
-                move |request| handler::handle(state.clone(), request)
+                move |request| handler::handle(state.clone(), spki, request)
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder

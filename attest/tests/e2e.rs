@@ -29,6 +29,30 @@ async fn simulated_server() {
     a_relay_with_another_key_fails_the_binding(s).await;
     tokio::task::block_in_place(|| bad_requests_get_reasons(s));
     tokio::task::block_in_place(|| metrics_pass_promtool_and_ready_turns_true(s));
+    tokio::task::block_in_place(|| a_rotated_key_is_served_and_bound(s));
+}
+
+fn pin_of(out: &std::process::Output) -> String {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("attested TLS key: "))
+        .unwrap_or_else(|| panic!("no pin: {}{}", stdout(out), stderr(out)))
+        .to_owned()
+}
+
+/// The renew container replaces the files by rename: new connections get the new key and
+/// evidence bound to it.
+fn a_rotated_key_is_served_and_bound(server: &Serve) {
+    let before = pin_of(&run(&["verify", &server.url(), "--allow-simulated"]));
+    let fresh = common::tls_files("attest.test");
+    for name in ["key.pem", "cert.pem"] {
+        let staged = server.tls.dir.path().join(format!("{name}.new"));
+        std::fs::copy(fresh.dir.path().join(name), &staged).unwrap();
+        std::fs::rename(&staged, server.tls.dir.path().join(name)).unwrap();
+    }
+    let after = run(&["verify", &server.url(), "--allow-simulated"]);
+    assert_eq!(after.status.code(), Some(0), "{}", stdout(&after));
+    assert_ne!(pin_of(&after), before, "the new key is served and attested");
 }
 
 fn simulated_evidence_verifies_only_when_allowed_and_pins_the_key(server: &Serve) {

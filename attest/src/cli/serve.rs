@@ -11,7 +11,7 @@ use tracing::info;
 
 use super::{Failure, ServeArgs};
 use crate::provider::{self, ProviderConfig, ProviderKind, VcekSource};
-use crate::server::{ServeOptions, Server, TlsIdentity};
+use crate::server::{Identities, ServeOptions, Server};
 
 fn addr(flag: &str, value: &str) -> Result<SocketAddr, Failure> {
     value
@@ -46,8 +46,7 @@ pub(super) fn run(args: &ServeArgs) -> Result<ExitCode, Failure> {
     }
     let config = provider_config(args)?;
     // The TLS files first: building a simulated provider takes seconds.
-    let identity =
-        TlsIdentity::from_files(&args.tls_cert, &args.tls_key).map_err(Failure::usage)?;
+    let identity = Identities::from_files(&args.tls_cert, &args.tls_key).map_err(Failure::usage)?;
     let provider: Arc<dyn provider::EvidenceProvider> =
         Arc::from(provider::build(&config).map_err(Failure::usage)?);
     if config.kind == ProviderKind::Simulated {

@@ -61,9 +61,10 @@ pub fn parse_nonce(query: Option<&str>) -> Result<Vec<u8>, NonceError> {
 
 pub(super) async fn handle<B>(
     state: Arc<State>,
+    spki_sha256: [u8; 32],
     request: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let response = route(&state, &request).await;
+    let response = route(&state, &spki_sha256, &request).await;
     if request.uri().path() == "/attestation" {
         state
             .metrics
@@ -74,7 +75,11 @@ pub(super) async fn handle<B>(
     Ok(response)
 }
 
-async fn route<B>(state: &Arc<State>, request: &Request<B>) -> Response<Full<Bytes>> {
+async fn route<B>(
+    state: &Arc<State>,
+    spki_sha256: &[u8; 32],
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
     if request.uri().path() != "/attestation" {
         return error(
             StatusCode::NOT_FOUND,
@@ -103,7 +108,7 @@ async fn route<B>(state: &Arc<State>, request: &Request<B>) -> Response<Full<Byt
             .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         return response;
     }
-    let report_data = enclaveid_attest_verifier::binding::report_data(&state.spki_sha256, &nonce);
+    let report_data = enclaveid_attest_verifier::binding::report_data(spki_sha256, &nonce);
     match produce(state, report_data).await {
         Ok(body) => Response::builder()
             .status(StatusCode::OK)

@@ -302,6 +302,22 @@ mod tests {
         assert_eq!(parse_cert_table(&[0; 24]).unwrap(), CertTable::default());
     }
 
+    proptest::proptest! {
+        /// Whatever the host writes into the certificate buffer or the response, decoding
+        /// returns a value or an error, never a panic.
+        #[test]
+        fn hostile_buffers_never_panic(
+            buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            zero_tail in 0usize..48,
+        ) {
+            let mut buf = buf;
+            let len = buf.len();
+            buf[len.saturating_sub(zero_tail)..].fill(0);
+            let _ = parse_cert_table(&buf);
+            let _ = report_from_response(&buf);
+        }
+    }
+
     #[test]
     fn cert_table_hostile_input() {
         assert!(parse_cert_table(&[]).is_err());

@@ -88,6 +88,16 @@ async fn setup(held: HeldKey) -> (Arc<TestPki>, Double) {
     (pki, double)
 }
 
+/// Releases with a bound on the whole exchange, so a hang fails the test instead of stalling it.
+async fn release(
+    v: &AkvVault,
+    version: &str,
+) -> Result<enclaveid_pki::derive::MasterSecret, VaultError> {
+    tokio::time::timeout(Duration::from_mins(1), v.release_version(version))
+        .await
+        .expect("the release exchange finishes within a minute")
+}
+
 fn rsa_key() -> rsa::RsaPrivateKey {
     rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap()
 }
@@ -97,10 +107,7 @@ async fn rsa_key_is_released_and_becomes_the_same_master_secret() {
     let held = rsa_key();
     let (pki, double) = setup(HeldKey::Rsa(Box::new(held.clone()))).await;
     let v = vault(&double, &pki, Duration::from_secs(10), &pki);
-    let released = tokio::time::timeout(Duration::from_mins(1), v.release_version("v1"))
-        .await
-        .unwrap()
-        .unwrap();
+    let released = release(&v, "v1").await.unwrap();
     let expected =
         MasterSecret::from_vault_key(VaultKeyType::Rsa, &held.d().to_bytes_be()).unwrap();
     assert_eq!(released.expose(), expected.expose());
@@ -127,7 +134,7 @@ async fn oct_key_is_released_raw() {
     let secret: Vec<u8> = (0u8..32).collect();
     let (pki, double) = setup(HeldKey::Oct(secret.clone())).await;
     let v = vault(&double, &pki, Duration::from_secs(10), &pki);
-    let released = v.release_version("v2").await.unwrap();
+    let released = release(&v, "v2").await.unwrap();
     assert_eq!(released.expose(), secret.as_slice());
 }
 
@@ -141,7 +148,7 @@ async fn transient_maa_failures_are_retried() {
         .maa_failures
         .extend([503, 429]);
     let v = vault(&double, &pki, Duration::from_secs(10), &pki);
-    v.release_version("v1").await.unwrap();
+    release(&v, "v1").await.unwrap();
     let attests = double
         .behaviour
         .lock()
@@ -163,7 +170,7 @@ async fn a_busy_maa_exhausts_the_deadline() {
         .maa_failures
         .extend([503; 1000]);
     let v = vault(&double, &pki, Duration::from_millis(800), &pki);
-    let err = v.release_version("v1").await.unwrap_err();
+    let err = release(&v, "v1").await.unwrap_err();
     assert!(
         matches!(err, VaultError::GaveUp { attempts, .. } if attempts > 1),
         "{err}"
@@ -176,7 +183,7 @@ async fn a_policy_refusal_shows_the_vaults_message() {
     let (pki, double) = setup(HeldKey::Oct(vec![1; 32])).await;
     double.behaviour.lock().unwrap().required_host_data = Some("ab".repeat(32));
     let v = vault(&double, &pki, Duration::from_secs(10), &pki);
-    let err = v.release_version("v1").await.unwrap_err();
+    let err = release(&v, "v1").await.unwrap_err();
     let VaultError::Status {
         status, message, ..
     } = &err
@@ -195,7 +202,7 @@ async fn a_forged_or_tampered_release_is_refused() {
     let (pki, double) = setup(HeldKey::Oct(vec![1; 32])).await;
     let v = vault(&double, &pki, Duration::from_secs(10), &pki);
     double.behaviour.lock().unwrap().wrong_jws_signer = true;
-    let err = v.release_version("v1").await.unwrap_err();
+    let err = release(&v, "v1").await.unwrap_err();
     assert!(
         matches!(err, VaultError::Skr(SkrError::Signature { .. })),
         "{err}"
@@ -206,7 +213,7 @@ async fn a_forged_or_tampered_release_is_refused() {
         b.wrong_jws_signer = false;
         b.tamper_payload = true;
     }
-    let err = v.release_version("v1").await.unwrap_err();
+    let err = release(&v, "v1").await.unwrap_err();
     assert!(
         matches!(err, VaultError::Skr(SkrError::Signature { .. })),
         "{err}"
@@ -218,7 +225,7 @@ async fn a_release_chain_to_an_untrusted_root_is_refused() {
     let (pki, double) = setup(HeldKey::Oct(vec![1; 32])).await;
     let other = TestPki::new();
     let v = vault(&double, &pki, Duration::from_secs(10), &other);
-    let err = v.release_version("v1").await.unwrap_err();
+    let err = release(&v, "v1").await.unwrap_err();
     assert!(
         matches!(err, VaultError::Skr(SkrError::Chain { .. })),
         "{err}"

@@ -61,9 +61,6 @@ struct Case {
     name: &'static str,
     attacker: Attacker,
     reason: &'static str,
-    /// A known defect (with the fix wanted): such cases run in
-    /// `regressions_found_by_the_matrix`, which fails until the fix lands.
-    bug: Option<&'static str>,
 }
 
 static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -114,67 +111,52 @@ fn cases(mesh: &Ca, rogue: &Ca, dir: &std::path::Path) -> Vec<Case> {
                 versions: TLS13,
             },
             reason: "no_client_certificate",
-            bug: None,
         },
         Case {
             name: "client leaf from a rogue CA",
             attacker: client(rogue.leaf(&frontend)),
             reason: "unknown_ca",
-            bug: None,
         },
         Case {
             name: "the pinned CA certificate itself as the client leaf",
             attacker: client(mesh.as_leaf()),
             reason: "ca_as_leaf",
-            bug: None,
         },
         Case {
             name: "a CA:TRUE certificate issued by the pinned CA as the client leaf",
             attacker: client(mesh.leaf(&as_ca(&frontend, BasicConstraints::Unconstrained))),
             reason: "ca_as_leaf",
-            bug: None,
         },
         Case {
             name: "a leaf signed by another leaf (CA:FALSE issuer)",
             attacker: client(mesh.leaf_signed_by_leaf(&frontend, "frontend")),
             reason: "bad_certificate",
-            bug: None,
         },
         Case {
+            // Accepted until c60eb6a (webpki ignores an anchor's pathlen); found by this table.
             name: "a leaf below an intermediate, past the CA's pathlen 0",
             attacker: client(mesh.leaf_signed_by_leaf(&pathlen_intermediate, "frontend")),
             reason: "bad_certificate",
-            bug: Some(
-                "ACCEPTED today: webpki does not apply a trust anchor's pathLenConstraint, so the \
-                 pinned CA's pathlen 0 is ignored and a chain through an intermediate reaches the \
-                 app. The mesh issues leaves straight from the CA; fix in pki/src/tls.rs: refuse \
-                 any client or server chain with intermediates (or check the anchor's pathlen) \
-                 in both verifiers, counted as bad_certificate",
-            ),
         },
         Case {
             name: "expired client leaf",
             attacker: client(mesh.leaf(&expired(&frontend))),
             reason: "expired",
-            bug: None,
         },
         Case {
             name: "not-yet-valid client leaf",
             attacker: client(mesh.leaf(&future(&frontend))),
             reason: "not_yet_valid",
-            bug: None,
         },
         Case {
             name: "client leaf with serverAuth only (wrong EKU)",
             attacker: client(mesh.leaf(&eku(&frontend, ExtendedKeyUsagePurpose::ServerAuth))),
             reason: "wrong_key_usage",
-            bug: None,
         },
         Case {
             name: "valid leaf whose identity is outside allow",
             attacker: client(mesh.leaf(&Leaf::workload("intruder"))),
             reason: "identity_not_allowed",
-            bug: None,
         },
         Case {
             name: "client leaf with an unknown critical extension",
@@ -183,7 +165,6 @@ fn cases(mesh: &Ca, rogue: &Ca, dir: &std::path::Path) -> Vec<Case> {
                 ..frontend.clone()
             })),
             reason: "bad_certificate",
-            bug: None,
         },
         Case {
             name: "client leaf signed with ECDSA-SHA1",
@@ -194,21 +175,15 @@ fn cases(mesh: &Ca, rogue: &Ca, dir: &std::path::Path) -> Vec<Case> {
                 "-sha1",
             )),
             reason: "bad_certificate",
-            bug: None,
         },
         Case {
+            // Counted as unknown_ca until c60eb6a; found by this table.
             name: "client leaf with an RSA-1024 key (openssl s_client)",
             attacker: Attacker::OpenSsl {
                 cert: Some(mesh.openssl_leaf(dir, "frontend", &["-newkey", "rsa:1024"], "-sha256")),
                 args: &["-tls1_3", "-cipher", "DEFAULT@SECLEVEL=0"],
             },
             reason: "bad_certificate",
-            bug: Some(
-                "refused, but counted as unknown_ca: the chain is valid and the 1024-bit \
-                 CertificateVerify fails with BadSignature, which RejectReason::from_rustls maps \
-                 to unknown_ca. Fix in pki/src/tls.rs: classify failures of \
-                 verify_tls1{2,3}_signature (a verifier wrapper) as bad_certificate",
-            ),
         },
         Case {
             name: "TLS 1.2 client with a valid leaf, 1.3-only listener",
@@ -217,7 +192,6 @@ fn cases(mesh: &Ca, rogue: &Ca, dir: &std::path::Path) -> Vec<Case> {
                 versions: TLS12,
             },
             reason: "incompatible",
-            bug: None,
         },
         Case {
             name: "TLS 1.1 client (openssl s_client)",
@@ -226,64 +200,52 @@ fn cases(mesh: &Ca, rogue: &Ca, dir: &std::path::Path) -> Vec<Case> {
                 args: &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
             },
             reason: "incompatible",
-            bug: None,
         },
         Case {
             name: "plaintext HTTP on the mTLS port",
             attacker: Attacker::Raw(PAYLOAD),
             reason: "not_tls",
-            bug: None,
         },
         Case {
             name: "random bytes on the mTLS port",
             attacker: Attacker::Raw(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3, 4, 5, 6, 7]),
             reason: "not_tls",
-            bug: None,
         },
         Case {
             name: "upstream presents the wrong SAN",
             attacker: upstream(mesh.leaf(&Leaf::workload("other"))),
             reason: "wrong_san",
-            bug: None,
         },
         Case {
             name: "upstream from a rogue CA",
             attacker: upstream(rogue.leaf(&backend)),
             reason: "unknown_ca",
-            bug: None,
         },
         Case {
             name: "upstream with an expired leaf",
             attacker: upstream(mesh.leaf(&expired(&backend))),
             reason: "expired",
-            bug: None,
         },
         Case {
             name: "upstream with a not-yet-valid leaf",
             attacker: upstream(mesh.leaf(&future(&backend))),
             reason: "not_yet_valid",
-            bug: None,
         },
         Case {
             name: "upstream leaf with clientAuth only (wrong EKU)",
             attacker: upstream(mesh.leaf(&eku(&backend, ExtendedKeyUsagePurpose::ClientAuth))),
             reason: "wrong_key_usage",
-            bug: None,
         },
         Case {
             name: "upstream presents the pinned CA certificate as its leaf",
             attacker: upstream(mesh.as_leaf()),
             reason: "ca_as_leaf",
-            bug: None,
         },
         Case {
+            // Accepted until c60eb6a, as above, in the outbound verifier.
             name: "upstream chain through an intermediate, past the CA's pathlen 0",
             attacker: upstream(mesh.leaf_signed_by_leaf(&pathlen_server, "backend")),
             reason: "bad_certificate",
-            bug: Some(
-                "ACCEPTED today (outbound): the same missing pathlen check in the server \
-                 verifier; the rogue upstream receives the app's bytes",
-            ),
         },
         Case {
             name: "upstream speaks TLS 1.2 only, 1.3-only outbound",
@@ -293,7 +255,6 @@ fn cases(mesh: &Ca, rogue: &Ca, dir: &std::path::Path) -> Vec<Case> {
             },
             // The upstream refuses our 1.3-only ClientHello with a protocol_version alert.
             reason: "peer_alert",
-            bug: None,
         },
     ]
 }
@@ -522,40 +483,13 @@ async fn every_hostile_peer_is_refused_counted_and_reaches_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mesh = Ca::mesh("EnclaveID Cluster CA");
     let rogue = Ca::mesh("EnclaveID Cluster CA"); // same name, other key
-    let table: Vec<Case> = cases(&mesh, &rogue, tmp.path())
-        .into_iter()
-        .filter(|c| c.bug.is_none())
-        .collect();
+    let table = cases(&mesh, &rogue, tmp.path());
     let failures = run_table(tmp.path(), &mesh, &table).await;
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",
         failures.len() - 1,
         table.len(),
-        failures.join("\n")
-    );
-}
-
-/// The cases the matrix found to be wrong. This test fails until each fix lands; then the
-/// case's `bug` note is removed and it joins the main table.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn regressions_found_by_the_matrix() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mesh = Ca::mesh("EnclaveID Cluster CA");
-    let rogue = Ca::mesh("EnclaveID Cluster CA");
-    let table: Vec<Case> = cases(&mesh, &rogue, tmp.path())
-        .into_iter()
-        .filter(|c| c.bug.is_some())
-        .collect();
-    let failures = run_table(tmp.path(), &mesh, &table).await;
-    let notes: Vec<String> = table
-        .iter()
-        .map(|c| format!("{}: {}", c.name, c.bug.unwrap_or_default()))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "known defects:\n{}\n\nobserved:\n{}",
-        notes.join("\n"),
         failures.join("\n")
     );
 }

@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Deadline for the TLS handshake and for the request head. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Provider calls running at once (they hold a blocking thread each). Default 4.
+    pub max_provider_calls: usize,
 }
 
 impl Default for ServeOptions {
@@ -56,6 +58,7 @@ impl Default for ServeOptions {
             provider_timeout: Duration::from_secs(30),
             max_connections: 256,
             handshake_timeout: Duration::from_secs(10),
+            max_provider_calls: 4,
         }
     }
 }
@@ -94,6 +97,8 @@ pub(crate) struct State {
     pub(crate) metrics: Metrics,
     pub(crate) options: ServeOptions,
     pub(crate) ready: watch::Sender<bool>,
+    /// Provider calls in flight; a hung device can tie up at most this many blocking threads.
+    pub(crate) provider_slots: Arc<Semaphore>,
 }
 
 /// A running server's handle: its addresses and a way to stop it.
@@ -135,6 +140,7 @@ impl Server {
             provider,
             bucket: TokenBucket::new(options.rate_per_second, options.rate_burst),
             metrics: metrics.clone(),
+            provider_slots: Arc::new(Semaphore::new(options.max_provider_calls.max(1))),
             options,
             ready,
         });

@@ -603,3 +603,44 @@ fn verify_image_reports_broken_images() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_hung_provider_times_out_with_503_without_piling_up() {
+    if !require_tool("curl") {
+        return;
+    }
+    // A "TPM" that accepts connections (they complete in the listen backlog) and never
+    // answers: the command and control ports of a hung swtpm.
+    let (port, _hold) = loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if let Ok(second) = std::net::TcpListener::bind(("127.0.0.1", port + 1)) {
+            break (port, (first, second));
+        }
+    };
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    let mut server = Serve::start(&[
+        "--provider",
+        "vtpm",
+        "--tcti",
+        &tcti,
+        "--provider-timeout",
+        "1",
+    ]);
+    for _ in 0..6 {
+        let answer = get_insecure(
+            &server.addr,
+            &format!("/attestation?nonce={}", "33".repeat(16)),
+        );
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(
+            answer.body.contains("did not answer within 1s"),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        get_insecure(&server.addr, "/attestation?nonce=00").status,
+        400
+    );
+    assert!(server.alive());
+}

@@ -128,13 +128,28 @@ async fn produce(state: &Arc<State>, report_data: [u8; 64]) -> Result<Vec<u8>, S
     let provider = state.provider.clone();
     let name = provider.name();
     let started = Instant::now();
-    let call = tokio::task::spawn_blocking(move || provider.evidence(report_data));
-    let outcome = match tokio::time::timeout(state.options.provider_timeout, call).await {
+    let deadline = state.options.provider_timeout;
+    let call = async {
+        // The permit travels into the blocking call and is released only when the device
+        // answers, so a hung device cannot pile up threads.
+        let permit = state
+            .provider_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "the server is shutting down".to_owned())?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            provider.evidence(report_data)
+        })
+        .await
+        .map_err(|join| format!("evidence provider {name} crashed: {join}"))
+    };
+    let outcome = match tokio::time::timeout(deadline, call).await {
         Err(_) => Err(format!(
-            "evidence provider {name} did not answer within {:?}",
-            state.options.provider_timeout
+            "evidence provider {name} did not answer within {deadline:?}"
         )),
-        Ok(Err(join)) => Err(format!("evidence provider {name} crashed: {join}")),
+        Ok(Err(reason)) => Err(reason),
         Ok(Ok(Err(error))) => Err(format!("evidence provider {name} failed: {error}")),
         Ok(Ok(Ok(evidence))) => {
             serde_json::to_vec(&evidence).map_err(|e| format!("encoding the evidence as JSON: {e}"))

@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Token bucket size (requests admitted in a burst).
     #[arg(long, env = "ENCLAVEID_ATTEST_BURST", default_value_t = 20)]
     pub burst: u32,
+    /// simulated: put the `policy-hash` of this pod policy file in the reports' `host_data`.
+    #[arg(long, env = "ENCLAVEID_ATTEST_SIMULATED_POLICY")]
+    pub simulated_policy: Option<PathBuf>,
     /// Deadline for one piece of evidence, in seconds.
     #[arg(long, env = "ENCLAVEID_ATTEST_PROVIDER_TIMEOUT", default_value_t = 30)]
     pub provider_timeout: u64,

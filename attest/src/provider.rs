@@ -126,6 +126,10 @@ pub struct ProviderConfig {
     /// in-memory cache always applies).
     #[serde(default)]
     pub vcek_cache_dir: Option<PathBuf>,
+    /// `simulated`: the `host_data` its reports carry (64 hex digits), e.g. the `policy-hash` of
+    /// a pod policy, to rehearse a `host_data` allow-list. Default all zero.
+    #[serde(default)]
+    pub simulated_host_data: Option<String>,
 }
 
 fn default_tcti() -> String {
@@ -155,6 +159,7 @@ impl ProviderConfig {
             vcek: VcekSource::Auto,
             cert_chain: None,
             vcek_cache_dir: None,
+            simulated_host_data: None,
         }
     }
 }
@@ -195,7 +200,24 @@ pub enum ProviderError {
 /// Builds the configured back-end.
 pub fn build(config: &ProviderConfig) -> Result<Box<dyn EvidenceProvider>, ProviderError> {
     Ok(match config.kind {
-        ProviderKind::Simulated => Box::new(simulated::SimulatedProvider::new()?),
+        ProviderKind::Simulated => {
+            let mut fields = enclaveid_attest_verifier::simulated::ReportFields::default();
+            if let Some(text) = &config.simulated_host_data {
+                let bad = |reason: &str| ProviderError::Config {
+                    field: "simulated-host-data",
+                    value: text.clone(),
+                    reason: reason.to_owned(),
+                };
+                let bytes = hex::decode(text).map_err(|_| bad("not hex"))?;
+                fields.host_data = bytes
+                    .try_into()
+                    .map_err(|_| bad("must be 32 bytes (64 hex digits)"))?;
+            }
+            Box::new(simulated::SimulatedProvider::for_product(
+                enclaveid_attest_verifier::Product::Milan,
+                fields,
+            )?)
+        }
         ProviderKind::SevGuest => Box::new(sev_guest::SevGuestProvider::new(config)?),
         ProviderKind::Vtpm => Box::new(vtpm::VtpmProvider::new(config)?),
     })

@@ -21,8 +21,21 @@ fn stderr(out: &std::process::Output) -> String {
 /// One simulated server (its chain takes seconds to make) for every check that needs one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_server() {
-    let server = Serve::start(&["--provider", "simulated"]);
+    // With the vectors at hand, the reports carry host_data = policy-hash of a real pod policy.
+    let policy = common::testdata()
+        .map(|d| d.join("confidential-sidecar-containers/uvm_security_policy.base64"));
+    let mut args = vec!["--provider".to_owned(), "simulated".to_owned()];
+    if let Some(policy) = &policy {
+        args.extend([
+            "--simulated-policy".to_owned(),
+            policy.display().to_string(),
+        ]);
+    }
+    let server = Serve::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let s = &server;
+    if let Some(policy) = &policy {
+        tokio::task::block_in_place(|| host_data_follows_the_pod_policy(s, policy));
+    }
     tokio::task::block_in_place(|| {
         simulated_evidence_verifies_only_when_allowed_and_pins_the_key(s);
     });
@@ -30,6 +43,38 @@ async fn simulated_server() {
     tokio::task::block_in_place(|| bad_requests_get_reasons(s));
     tokio::task::block_in_place(|| metrics_pass_promtool_and_ready_turns_true(s));
     tokio::task::block_in_place(|| a_rotated_key_is_served_and_bound(s));
+}
+
+/// The chain a client checks: pod policy → `policy-hash` → `host_data` allow-list → report.
+fn host_data_follows_the_pod_policy(server: &Serve, pod_policy: &std::path::Path) {
+    let hash = run(&["policy-hash", pod_policy.to_str().unwrap()]);
+    let hash = stdout(&hash).trim().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let verify_with = |allowed: &str| {
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(
+            &file,
+            format!("host_data: [\"{allowed}\"]\nallow_simulated: true\n"),
+        )
+        .unwrap();
+        run(&["verify", &server.url(), "--policy", file.to_str().unwrap()])
+    };
+    let pass = verify_with(&hash);
+    assert_eq!(
+        pass.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&pass),
+        stderr(&pass)
+    );
+    assert!(stdout(&pass).contains("✓ policy.host_data"));
+    let other = verify_with(&"ab".repeat(32));
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        stdout(&other).contains("✗ policy.host_data"),
+        "{}",
+        stdout(&other)
+    );
 }
 
 fn pin_of(out: &std::process::Output) -> String {

@@ -29,6 +29,18 @@ pub(crate) fn provider_config(args: &ServeArgs) -> Result<ProviderConfig, Failur
     config.vcek = args.vcek.parse::<VcekSource>().map_err(Failure::usage)?;
     config.cert_chain.clone_from(&args.cert_chain);
     config.vcek_cache_dir.clone_from(&args.vcek_cache_dir);
+    if let Some(path) = &args.simulated_policy {
+        if kind != ProviderKind::Simulated {
+            return Err(Failure::usage(anyhow!(
+                "--simulated-policy is only for --provider simulated"
+            )));
+        }
+        let text = std::fs::read(path)
+            .map_err(|e| Failure::usage(anyhow!("--simulated-policy={}: {e}", path.display())))?;
+        let hash = crate::policy_hash::policy_hash(&text, crate::policy_hash::PolicyInput::Auto)
+            .map_err(Failure::usage)?;
+        config.simulated_host_data = Some(hex::encode(hash.sha256));
+    }
     Ok(config)
 }
 

@@ -65,6 +65,13 @@ impl std::fmt::Debug for SkrSetup {
     }
 }
 
+/// What `get_key` says about the master-secret key.
+struct KeyState {
+    version: String,
+    exportable: bool,
+    policy: Option<serde_json::Value>,
+}
+
 /// An `akv:` vault.
 pub struct AkvVault {
     url: String,
@@ -170,7 +177,7 @@ impl AkvVault {
     }
 
     /// The latest version of the master-secret key, or None if it does not exist.
-    async fn key_version(&self) -> Result<Option<(String, bool)>, VaultError> {
+    async fn key_version(&self) -> Result<Option<KeyState>, VaultError> {
         let what = format!("reading key {}", self.key_name);
         let found = retry(self.retry, &what, || async {
             match self.keys.get_key(&self.key_name, None).await {
@@ -192,7 +199,15 @@ impl AkvVault {
             });
         }
         let exportable = key.attributes.and_then(|a| a.exportable).unwrap_or(false);
-        Ok(Some((version, exportable)))
+        let policy = key
+            .release_policy
+            .and_then(|p| p.encoded_policy)
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        Ok(Some(KeyState {
+            version,
+            exportable,
+            policy,
+        }))
     }
 
     async fn create_key(&self, spec: &KeySpec) -> Result<(), VaultError> {
@@ -301,7 +316,12 @@ impl Vault for AkvVault {
     }
 
     async fn ensure_master_secret(&self) -> Result<Provisioned, VaultError> {
-        if let Some((version, exportable)) = self.key_version().await? {
+        if let Some(KeyState {
+            version,
+            exportable,
+            policy,
+        }) = self.key_version().await?
+        {
             if !exportable {
                 return Err(VaultError::Invalid {
                     vault: self.url.clone(),
@@ -310,6 +330,14 @@ impl Vault for AkvVault {
                         self.key_name
                     ),
                 });
+            }
+            let wanted = self
+                .create
+                .as_ref()
+                .and_then(|spec| serde_json::from_slice(&spec.policy.to_json()).ok());
+            if wanted.is_some() && policy != wanted {
+                // Never changed by us: an operator rotates the policy deliberately.
+                tracing::warn!(key = %self.key_name, %version, "the key's release policy differs from the one requested; leaving it unchanged");
             }
             return Ok(Provisioned::Existing);
         }
@@ -326,13 +354,13 @@ impl Vault for AkvVault {
             vault: self.url.clone(),
             detail: "secure key release is not configured (--maa and an evidence provider)".into(),
         })?;
-        let (version, _) = self
-            .key_version()
-            .await?
-            .ok_or_else(|| VaultError::NotFound {
-                vault: self.url.clone(),
-                what: format!("key {}", self.key_name),
-            })?;
+        let KeyState { version, .. } =
+            self.key_version()
+                .await?
+                .ok_or_else(|| VaultError::NotFound {
+                    vault: self.url.clone(),
+                    what: format!("key {}", self.key_name),
+                })?;
         self.release(skr, &version).await
     }
 

@@ -689,3 +689,41 @@ fn a_hung_provider_times_out_with_503_without_piling_up() {
     );
     assert!(server.alive());
 }
+
+#[test]
+fn verify_image_compares_real_oci_layouts() {
+    if !require_tool("umoci") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let umoci = |args: &[&str]| {
+        let out = std::process::Command::new("umoci")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "umoci {args:?}: {}", stderr(&out));
+    };
+    umoci(&["init", "--layout", "expected"]);
+    umoci(&["new", "--image", "expected:v1"]);
+    umoci(&["init", "--layout", "actual"]);
+    umoci(&["new", "--image", "actual:v1"]);
+    let expected = dir.path().join("expected").display().to_string();
+    let actual = dir.path().join("actual").display().to_string();
+    let same = run(&["verify-image", &expected, &actual]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&same),
+        stderr(&same)
+    );
+    assert!(stdout(&same).contains("identical"), "{}", stdout(&same));
+
+    umoci(&["unpack", "--rootless", "--image", "actual:v1", "bundle"]);
+    std::fs::write(dir.path().join("bundle/rootfs/extra"), b"not in the recipe").unwrap();
+    umoci(&["repack", "--image", "actual:v1", "bundle"]);
+    let differs = run(&["verify-image", &expected, &actual]);
+    assert_eq!(differs.status.code(), Some(1), "{}", stdout(&differs));
+    assert!(stdout(&differs).contains("/extra"), "{}", stdout(&differs));
+}

@@ -209,6 +209,15 @@ pub(super) fn error(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn any_query_is_answered(query in ".{0,300}") {
+            if let Ok(nonce) = parse_nonce(Some(&query)) {
+                proptest::prop_assert!((NONCE_MIN..=NONCE_MAX).contains(&nonce.len()));
+            }
+        }
+    }
+
     #[test]
     fn nonce_rules() {
         let ok = "00".repeat(16);

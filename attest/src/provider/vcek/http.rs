@@ -193,6 +193,20 @@ mod tests {
         assert!(Url::parse("http://h/a b").is_err());
     }
 
+    proptest::proptest! {
+        /// A hostile metadata endpoint gets an error or a body, never a panic.
+        #[test]
+        fn hostile_answers_never_panic(
+            head in "HTTP/1\\.[01] [0-9]{3} [ -~]{0,10}\r\n([A-Za-z-]{1,20}: [ -~]{0,20}\r\n){0,4}\r\n",
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let mut raw = head.into_bytes();
+            raw.extend_from_slice(&body);
+            let _ = parse_response(&raw, 100);
+            let _ = dechunk(&body);
+        }
+    }
+
     #[test]
     fn responses() {
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA";

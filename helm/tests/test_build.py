@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import CHART, FIXTURES, KUBE_VERSION, ROOT, by_name, helm_template, pod_spec
+from conftest import CHART, FIXTURES, KUBE_VERSION, ROOT, by_name, cargo_binary, helm_template, pod_spec
 
 DOCKERFILES = sorted(ROOT.glob("*/Dockerfile"))
 DIGEST_REF = re.compile(r"@sha256:[0-9a-f]{64}$")
@@ -39,6 +39,24 @@ def test_dockerfile_is_reproducible_and_minimal(dockerfile):
     assert re.search(r"^USER 65532:65532$", final, re.M), "the final stage runs as non-root"
     assert f'ENTRYPOINT ["/usr/local/bin/enclaveid-{crate}"]' in final
     assert "RUN " not in final, "nothing runs in the final stage (no shell there)"
+
+
+# What gcr.io/distroless/cc-debian12 already ships (glibc, libgcc, OpenSSL 3).
+DISTROLESS_CC = re.compile(r"^(linux-vdso|ld-linux|libc|libm|libdl|libpthread|librt|libgcc_s|libcrypto|libssl)\b")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_final_image_has_every_shared_library_the_binary_needs(dockerfile):
+    """ldd on the built binary: whatever distroless/cc lacks must be copied by the Dockerfile."""
+    binary = cargo_binary(f"enclaveid-{dockerfile.parent.name}")
+    ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    needed = {line.split()[0].rsplit("/", 1)[-1] for line in ldd.splitlines() if line.strip()}
+    extra = sorted(lib for lib in needed if not DISTROLESS_CC.match(lib))
+    text = dockerfile.read_text()
+    for lib in extra:
+        assert lib in text, f"{dockerfile.parent.name}: {lib} is linked but not copied into the final image"
+    if extra:
+        assert "COPY --from=build /out/lib/ /usr/lib/x86_64-linux-gnu/" in text
 
 
 def test_dockerignore_keeps_outputs_out_of_the_context():

@@ -13,5 +13,5 @@ if ! command -v helm >/dev/null; then
   exit 1
 fi
 # The on-host pod test runs the real binaries; after 10-cargo.sh this is a no-op link check.
-cargo build --locked -q -p enclaveid-proxy -p enclaveid-init
+cargo build --locked -q -p enclaveid-proxy -p enclaveid-init -p enclaveid-attest
 python3 -m pytest -q -p no:cacheprovider helm/tests

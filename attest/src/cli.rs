@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// sev-guest: the device.
     #[arg(long, env = "ENCLAVEID_ATTEST_SEV_GUEST_DEVICE", default_value = crate::provider::DEFAULT_SEV_GUEST_DEVICE)]
     pub sev_guest_device: PathBuf,
+    /// sev-guest: the configfs-TSM report directory, preferred to the device when it exists.
+    #[arg(long, env = "ENCLAVEID_ATTEST_TSM_REPORT_DIR", default_value = crate::provider::sev_guest::tsm::DEFAULT_TSM_REPORT_DIR)]
+    pub tsm_report_dir: PathBuf,
     /// sev-guest: the VMPL to request the report at (0-3).
     #[arg(long, env = "ENCLAVEID_ATTEST_VMPL", default_value_t = 0)]
     pub vmpl: u32,

@@ -111,6 +111,10 @@ pub struct ProviderConfig {
     /// `sev-guest`: the device. Default [`DEFAULT_SEV_GUEST_DEVICE`].
     #[serde(default = "default_device")]
     pub sev_guest_device: PathBuf,
+    /// `sev-guest`: the configfs-TSM report directory, used instead of the device when it
+    /// exists. Default [`sev_guest::tsm::DEFAULT_TSM_REPORT_DIR`].
+    #[serde(default = "default_tsm_dir")]
+    pub tsm_report_dir: PathBuf,
     /// `sev-guest`: the VMPL to request the report at. Default 0.
     #[serde(default)]
     pub vmpl: u32,
@@ -141,6 +145,9 @@ fn default_nv_index() -> u32 {
 fn default_ak_handle() -> u32 {
     AK_HANDLE
 }
+fn default_tsm_dir() -> PathBuf {
+    PathBuf::from(sev_guest::tsm::DEFAULT_TSM_REPORT_DIR)
+}
 fn default_device() -> PathBuf {
     PathBuf::from(DEFAULT_SEV_GUEST_DEVICE)
 }
@@ -155,6 +162,7 @@ impl ProviderConfig {
             hcl_nv_index: HCL_REPORT_NV_INDEX,
             ak_handle: AK_HANDLE,
             sev_guest_device: default_device(),
+            tsm_report_dir: default_tsm_dir(),
             vmpl: 0,
             vcek: VcekSource::Auto,
             cert_chain: None,

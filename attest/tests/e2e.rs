@@ -312,6 +312,8 @@ fn provider_failure_is_a_503_and_the_server_keeps_serving() {
         "sev-guest",
         "--sev-guest-device",
         "/nonexistent/sev-guest",
+        "--tsm-report-dir",
+        "/nonexistent/tsm",
     ]);
     let nonce = "42".repeat(32);
     for _ in 0..3 {
@@ -356,6 +358,8 @@ fn requests_past_the_token_bucket_get_429() {
         "sev-guest",
         "--sev-guest-device",
         "/nonexistent/sev-guest",
+        "--tsm-report-dir",
+        "/nonexistent/tsm",
         "--rate",
         "0.01",
         "--burst",

@@ -25,6 +25,7 @@ pub(crate) fn provider_config(args: &ServeArgs) -> Result<ProviderConfig, Failur
     let mut config = ProviderConfig::new(kind);
     config.tcti.clone_from(&args.tcti);
     config.sev_guest_device.clone_from(&args.sev_guest_device);
+    config.tsm_report_dir.clone_from(&args.tsm_report_dir);
     config.vmpl = args.vmpl;
     config.vcek = args.vcek.parse::<VcekSource>().map_err(Failure::usage)?;
     config.cert_chain.clone_from(&args.cert_chain);

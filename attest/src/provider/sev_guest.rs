@@ -1,5 +1,9 @@
-//! The `sev-guest` provider: an extended attestation report from `/dev/sev-guest` with our
-//! `report_data`, plus the VCEK chain (from the report's certificate table by default).
+//! The `sev-guest` provider: an extended attestation report with our `report_data`, plus the
+//! VCEK chain (from the report's certificate table by default).
+//!
+//! The report comes from the kernel's configfs-TSM interface ([`tsm`], Linux 6.7+) when its
+//! directory exists, else (or if that fails) from the `SNP_GET_EXT_REPORT` ioctl on
+//! `/dev/sev-guest` (Linux 5.19+).
 //!
 //! The only `unsafe` code of the crate is the ioctl in [`ioctl`]; [`abi`] holds the byte
 //! layouts. The device is opened per request (it is cheap, and a container that loses the
@@ -8,6 +12,7 @@
 
 pub mod abi;
 mod ioctl;
+pub mod tsm;
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -25,6 +30,7 @@ use super::{Evidence, EvidenceProvider, ProviderConfig, ProviderError};
 #[derive(Debug)]
 pub struct SevGuestProvider {
     device: PathBuf,
+    tsm_dir: PathBuf,
     vmpl: u32,
     vcek: VcekResolver,
     lock: Mutex<()>,
@@ -47,6 +53,7 @@ impl SevGuestProvider {
         };
         Ok(Self {
             device: config.sev_guest_device.clone(),
+            tsm_dir: config.tsm_report_dir.clone(),
             vmpl: config.vmpl,
             vcek: VcekResolver::new(
                 source,
@@ -57,7 +64,8 @@ impl SevGuestProvider {
         })
     }
 
-    /// One extended report: the raw report and the certificate table.
+    /// One extended report: the raw report and the certificate table. configfs-TSM first
+    /// when present, then the ioctl; if both fail, the error names both.
     pub fn extended_report(
         &self,
         report_data: &[u8; 64],
@@ -66,6 +74,23 @@ impl SevGuestProvider {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.tsm_dir.is_dir() {
+            match tsm::extended_report(&self.tsm_dir, report_data, self.vmpl) {
+                Ok(answer) => return Ok(answer),
+                Err(tsm_error) => {
+                    return self.ioctl_report(report_data).map_err(|ioctl_error| {
+                        ProviderError::Device {
+                            what: "extended report",
+                            reason: format!("configfs-tsm: {tsm_error}; ioctl: {ioctl_error}"),
+                        }
+                    });
+                }
+            }
+        }
+        self.ioctl_report(report_data)
+    }
+
+    fn ioctl_report(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, CertTable), ProviderError> {
         let device = OpenOptions::new()
             .read(true)
             .write(true)
@@ -147,6 +172,7 @@ mod tests {
     fn missing_device_is_a_clean_error() {
         let mut config = ProviderConfig::new(ProviderKind::SevGuest);
         config.sev_guest_device = PathBuf::from("/nonexistent/sev-guest");
+        config.tsm_report_dir = PathBuf::from("/nonexistent/tsm");
         let provider = SevGuestProvider::new(&config).unwrap();
         let err = provider.evidence([0; 64]).unwrap_err();
         assert!(matches!(err, ProviderError::DeviceMissing(_)), "{err}");
@@ -158,6 +184,7 @@ mod tests {
         // /dev/null accepts open but rejects the ioctl (ENOTTY): an error, never a panic.
         let mut config = ProviderConfig::new(ProviderKind::SevGuest);
         config.sev_guest_device = PathBuf::from("/dev/null");
+        config.tsm_report_dir = PathBuf::from("/nonexistent/tsm");
         let provider = SevGuestProvider::new(&config).unwrap();
         let err = provider.evidence([0; 64]).unwrap_err().to_string();
         assert!(err.contains("SNP_GET_EXT_REPORT"), "{err}");

@@ -211,6 +211,7 @@ struct RawConfig {
     #[serde(default)]
     defaults: RawLimits,
     drain_timeout_ms: Option<u64>,
+    workers: Option<usize>,
     #[serde(default)]
     inbound: Vec<RawInbound>,
     #[serde(default)]
@@ -293,6 +294,9 @@ pub struct Config {
     /// How long open connections may finish after SIGTERM.
     #[serde(rename = "drain_timeout_ms", serialize_with = "ms")]
     pub drain_timeout: Duration,
+    /// Data-path threads: 0 = one per CPU (or `TOKIO_WORKER_THREADS`), 1 = a single-threaded
+    /// runtime, n = n threads.
+    pub workers: usize,
     /// mTLS in, plaintext to the app.
     pub inbound: Vec<Inbound>,
     /// Plaintext from the app, mTLS out.
@@ -436,9 +440,17 @@ impl Config {
             drain_timeout: Duration::from_millis(
                 raw.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
             ),
+            workers: raw.workers.unwrap_or(0),
             inbound,
             outbound,
         };
+        if config.workers > 1024 {
+            return Err(ConfigError::field(
+                "workers",
+                config.workers,
+                "at most 1024",
+            ));
+        }
         config.cross_check()?;
         Ok(config)
     }

@@ -305,10 +305,16 @@ fn spawn_reloader(shared: &Arc<Shared>, every: std::time::Duration) {
 /// Runs a proxy until SIGTERM, SIGINT or `POST /shutdown`, drains, and returns the exit code.
 #[must_use]
 pub fn run_blocking(config: Config) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = if config.workers == 1 {
+        // One data-path thread: no work stealing, one malloc arena (the admin API keeps its own).
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.workers > 1 {
+        builder.worker_threads(config.workers);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "starting the runtime");

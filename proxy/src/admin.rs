@@ -49,6 +49,9 @@ pub fn spawn(
                         return;
                     }
                 };
+                // Admin connections are tracked so that the answer to `POST /shutdown` (and any
+                // scrape in flight) is written before the process exits.
+                let tracker = tokio_util::task::TaskTracker::new();
                 loop {
                     let (stream, peer) = tokio::select! {
                         () = state.stop.cancelled() => break,
@@ -61,7 +64,7 @@ pub fn spawn(
                         },
                     };
                     let state = state.clone();
-                    tokio::spawn(async move {
+                    tracker.spawn(async move {
                         let svc =
                             hyper::service::service_fn(move |req| handle(req, peer, state.clone()));
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -69,6 +72,9 @@ pub fn spawn(
                             .await;
                     });
                 }
+                tracker.close();
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), tracker.wait()).await;
             });
         })
 }

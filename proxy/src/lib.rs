@@ -244,7 +244,7 @@ pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, Sta
         shutdown: shared.shutdown.clone(),
         stop: stop.clone(),
     };
-    admin::spawn(admin_sock, state).map_err(|source| StartError::Bind {
+    let admin_thread = admin::spawn(admin_sock, state).map_err(|source| StartError::Bind {
         what: "admin".into(),
         addr: admin,
         source,
@@ -272,8 +272,9 @@ pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, Sta
             sh.hard_stop.cancel();
             sh.tracker.wait().await;
         }
-        info!("stopped");
         stop.cancel();
+        let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
+        info!("stopped");
         let _ = done_tx.send(true);
     });
     metrics.ready.set(1);

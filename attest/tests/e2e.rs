@@ -288,6 +288,18 @@ fn bad_requests_get_reasons(server: &Serve) {
         ),
     ]);
     assert_eq!(post.status, 405);
+    // HTTP/2 (ALPN h2) is served too.
+    let h2 = curl(&[
+        "-k",
+        "--http2",
+        &format!(
+            "https://{}/attestation?nonce={}",
+            server.addr,
+            "00".repeat(16)
+        ),
+    ]);
+    assert_eq!(h2.status, 200, "{h2:?}");
+    assert!(h2.headers.starts_with("HTTP/2 200"), "{h2:?}");
     // 16 and 64 bytes are the bounds, both accepted.
     for len in [16, 64] {
         let ok = get_insecure(

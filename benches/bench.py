@@ -68,6 +68,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if f"ours-{proto}" in wanted and not err:
                 ours_peers.append(ours.Ours(proto, ports))
     chosen = [p for p in peers.all_peers(ours_peers) if p.name in wanted]
+    # Experiments: --variant 'name:tcp:/path/to/binary:KEY=V,KEY2=V' adds another `ours` peer.
+    for spec in args.variant:
+        name, proto, path, env = (spec.split(":", 3) + ["", "", ""])[:4]
+        kv = dict(e.split("=", 1) for e in env.split(",") if "=" in e)
+        chosen.append(ours.Ours(proto or "tcp", ports, variant=name, env=kv,
+                                binary_path=Path(path) if path else None))
     plan = compare.Plan(reps=args.reps, seconds=args.seconds, warmup=args.warmup,
                         threads=args.threads, small_conns=args.small_conns,
                         big_conns=args.big_conns, hs_conns=args.hs_conns,
@@ -139,6 +145,8 @@ def main() -> int:
     ap.add_argument("--idle", default="1000", help="idle-connection counts, comma separated")
     ap.add_argument("--peers", default=None,
                     help="default: every peer (compare), ours-tcp,nginx,haproxy (profile)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra ours peer: NAME:tcp|http:[BINARY]:[KEY=V,...] (experiments)")
     ap.add_argument("--dhat-conns", type=int, default=200, help="profile: idle conns under dhat")
     ap.add_argument("--port-base", type=int, default=21000)
     ap.add_argument("--no-build", action="store_true", help="use the existing release binary")

@@ -43,14 +43,18 @@ def extra_env() -> dict[str, str]:
 class Ours(Peer):
     """enclaveid-proxy; `protocol` is `tcp` or `http` (HTTP/2 between the sidecars)."""
 
-    def __init__(self, protocol: str, ports: procs.PortAllocator) -> None:
+    def __init__(self, protocol: str, ports: procs.PortAllocator, variant: str = "",
+                 env: dict[str, str] | None = None, binary_path: Path | None = None) -> None:
         self.protocol = protocol
-        self.name = f"ours-{protocol}"
+        self.name = f"ours-{protocol}" + (f"[{variant}]" if variant else "")
+        self.env = env or {}
+        self.binary = binary_path
         self._ports = ports
         self.admin: dict[str, int] = {}
 
     def available(self) -> str | None:
-        return None if binary().is_file() else f"{binary()} not built"
+        b = self.binary or binary()
+        return None if b.is_file() else f"{b} not built"
 
     def _start(self, work: Path, tag: str, side: Side, section: str) -> procs.Proc:
         admin = self._ports.take()
@@ -66,8 +70,8 @@ tls:
   cert: "{side.leaf.cert}"
   key: "{side.leaf.key}"
 {section}""")
-        env = {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn"), **extra_env()}
-        p = procs.start(tag, [str(binary()), "--config", str(conf)], work, env=env)
+        env = {"RUST_LOG": os.environ.get("BENCH_RUST_LOG", "warn"), **extra_env(), **self.env}
+        p = procs.start(tag, [str(self.binary or binary()), "--config", str(conf)], work, env=env)
         procs.wait_listening(side.listen, p)
         return p
 

@@ -35,10 +35,14 @@ class Side:
 
 def _nginx_main(work: Path, name: str, body: str, workers: str = "auto") -> Path:
     conf = work / f"{name}.nginx.conf"
+    # Under valgrind (the profiler), one process that does the work: forked workers do not
+    # leave their callgrind/dhat output behind.
+    master = "off" if procs.WRAP else "on"
+    workers = "1" if procs.WRAP else workers
     conf.write_text(f"""
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 daemon off;
-master_process on;
+master_process {master};
 worker_processes {workers};
 worker_rlimit_nofile {MAX_CONNS * 2 + 200};
 pid {work}/{name}.pid;

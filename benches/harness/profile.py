@@ -223,8 +223,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-_ALLOC_NOISE = ("alloc::", "core::", "std::", "hashbrown::", "malloc", "calloc", "realloc",
-                "__rust", "<alloc::", "<core::", "<std::", "bytes::", "vg_replace_malloc")
+_ALLOC_NOISE = ("library/std/", "library/alloc/", "library/core/", "vgpreload", "mem.c:",
+                "hashbrown", "/bytes-", "OPENSSL_zalloc", "OPENSSL_malloc")
 
 
 def dhat_idle(peer: peers.Peer, work: Path, pki: certs.Pki, ports: procs.PortAllocator,
@@ -233,7 +233,7 @@ def dhat_idle(peer: peers.Peer, work: Path, pki: certs.Pki, ports: procs.PortAll
     `valgrind --tool=dhat` on both sidecars while `count` idle connections are open."""
     d = work / f"dhat-{peer.name}"
     d.mkdir()
-    procs.WRAP[:] = ["valgrind", "--tool=dhat", "--trace-children=yes",
+    procs.WRAP[:] = ["valgrind", "--tool=dhat", "--trace-children=yes", "--num-callers=40",
                      f"--dhat-out-file={d}/dhat.%p"]
     procs.LISTEN_DEADLINE_S = 120
     try:
@@ -268,7 +268,8 @@ def dhat_idle(peer: peers.Peer, work: Path, pki: certs.Pki, ports: procs.PortAll
             frames = [j["ftbl"][i] for i in pp["fs"]]
             site = next((fr for fr in frames if not any(n in fr for n in _ALLOC_NOISE)),
                         frames[0] if frames else "?")
-            site = re.sub(r"^0x[0-9A-Fa-f]+: ", "", site)[:120]
+            site = re.sub(r"^0x[0-9A-Fa-f]+: ", "", site)
+            site = re.sub(r"\(/[^()]*/(registry/src/[^/]+/|work/main/)", "(", site)[:120]
             sites[site] = sites.get(site, 0) + pp.get("gb", 0)
         for site, b in sorted(sites.items(), key=lambda kv: -kv[1])[:8]:
             rows.append(f"  {b / count:8,.0f} B/conn  {site}")

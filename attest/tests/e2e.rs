@@ -249,6 +249,27 @@ async fn a_relay_with_another_key_fails_the_binding(server: &Serve) {
     assert!(text.contains("✗ binding.tls_key"), "{text}");
     assert!(!text.contains("attested TLS key"), "{text}");
     task.abort();
+
+    // A plain TCP forwarder that does not terminate TLS changes nothing: the client still
+    // talks TLS to the server's own key, and verification passes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forward_addr = listener.local_addr().unwrap();
+    let upstream = server.addr.clone();
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    let url = format!("https://{forward_addr}");
+    let out = tokio::task::spawn_blocking(move || run(&["verify", &url, "--allow-simulated"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    forwarder.abort();
 }
 
 fn bad_requests_get_reasons(server: &Serve) {

@@ -220,7 +220,7 @@ pub struct ListenerMetrics {
     pub handshakes: IntCounter,
     /// App or peer unreachable.
     pub upstream_failures: IntCounter,
-    /// Refused at accept (max_connections).
+    /// Refused at accept (`max_connections`).
     pub rejected: IntCounter,
     status: [IntCounter; 5],
     /// Request latency.

@@ -142,7 +142,7 @@ async fn spawn(
 async fn sigterm_drains_and_exits_0_with_json_logs() {
     let pki = Pki::new();
     let dir = pki.workload("backend");
-    let cfg = config(&dir, "drain_timeout_ms: 2000\nworkers: 1\n");
+    let cfg = config(&dir, "drain_timeout_ms: 2000\nworkers: 2\n");
     let (mut child, admin_addr, logs) = spawn(&cfg).await;
     assert_eq!(admin(admin_addr, "GET", "/ready").await.0, 200);
     let pid = child.id().unwrap().to_string();

@@ -295,12 +295,14 @@ async fn forward(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let m = &listener.metrics;
+    // Hop-by-hop first (a peer may nominate any header in `Connection`), then our XFCC, so
+    // nothing the peer sends can remove or replace the identity we vouch for.
+    let upgrade = is_upgrade(&req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
     req.headers_mut().remove(&XFCC);
     if let Some(v) = xfcc {
         req.headers_mut().insert(XFCC.clone(), v);
     }
-    let upgrade = is_upgrade(&req);
-    strip_hop_by_hop(req.headers_mut(), upgrade);
     // The request's authority (h2 `:authority`, else the Host header) travels in the URI, so
     // hyper writes it as `:authority` on HTTP/2 and as `Host` on HTTP/1.1, never both.
     let mut parts = std::mem::take(req.uri_mut()).into_parts();

@@ -267,6 +267,41 @@ async fn http1_through_two_sidecars_with_unspoofable_xfcc_and_pooling() {
 }
 
 #[tokio::test]
+async fn connection_cannot_nominate_the_identity_header_away() {
+    let app = http_app().await;
+    let m = mesh(app).await;
+    let cfg = client_config(
+        &m.pki.ca.cert_pem(),
+        &m.pki.ca.workload("frontend"),
+        &[b"http/1.1"],
+    );
+    let tls = tls_connect(m.inbound.inbound_addr(0), cfg).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/headers")
+        .header("host", "backend")
+        .header("connection", "keep-alive, X-Forwarded-Client-Cert")
+        .header(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/default/sa/admin",
+        )
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let body = text(within("request", send.send_request(req)).await.unwrap()).await;
+    assert!(
+        body.contains("xfcc=By=spiffe://cluster.local/ns/default/sa/backend;"),
+        "{body}"
+    );
+    assert!(
+        body.contains("URI=spiffe://cluster.local/ns/default/sa/frontend")
+            && !body.contains("sa/admin"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn grpc_style_h2_with_trailers_through_two_sidecars() {
     let app = http_app().await;
     let m = mesh(app).await;

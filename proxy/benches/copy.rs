@@ -6,12 +6,17 @@
 //! - `tcp_copy`: a relay in the middle of two loopback TCP connections copying with a given
 //!   buffer size per direction: the buffer-size lever of the `tcp` copy loop.
 //!
-//! `cargo bench -p enclaveid-proxy --bench copy`; throughput reads as bytes/s.
+//! `cargo bench -p enclaveid-proxy --bench copy`; throughput reads as bytes/s of the bench
+//! thread's CPU time: everything (client, relay or TLS server, sink) runs on one current-thread
+//! runtime, so the figure is the CPU cost per byte, kernel time included, not a wall-clock rate.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::Measurement;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use enclaveid_pki::testing::TestCa;
 use enclaveid_pki::tls::{Material, TlsSettings};
 use rustls_pki_types::ServerName;
@@ -20,12 +25,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+#[path = "support/cpu_clock.rs"]
+mod cpu_clock;
+use cpu_clock::ThreadCpu;
+
 /// Bytes moved per measured iteration.
 const BATCH: usize = 8 << 20;
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime")
@@ -48,10 +56,11 @@ async fn sink<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     }
 }
 
-/// Sends `BATCH` bytes in `chunk`-sized writes and waits for the sink's byte; returns the time.
+/// Sends `BATCH` bytes in `chunk`-sized writes and waits for the sink's byte; returns the CPU
+/// time the thread spent.
 async fn send_batch<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, chunk: usize) -> Duration {
     let data = vec![0x5au8; chunk];
-    let start = Instant::now();
+    let start = ThreadCpu.start();
     let mut left = BATCH;
     while left > 0 {
         let n = left.min(chunk);
@@ -61,7 +70,7 @@ async fn send_batch<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, chunk: usize) 
     s.flush().await.expect("flush");
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack).await.expect("ack");
-    start.elapsed()
+    ThreadCpu.end(start)
 }
 
 fn material(ca: &TestCa, sa: &str) -> Material {
@@ -75,7 +84,7 @@ fn material(ca: &TestCa, sa: &str) -> Material {
     .expect("freshly minted material verifies")
 }
 
-fn bench_tls(c: &mut Criterion) {
+fn bench_tls(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let ca = TestCa::new("bench-mesh-ca");
     let settings = TlsSettings::default();
@@ -109,7 +118,7 @@ fn bench_tls(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("tls_stream");
     group.throughput(Throughput::Bytes(BATCH as u64));
-    group.sample_size(20);
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
     for chunk in [1024usize, 4096, 16 * 1024, 64 * 1024] {
         group.bench_with_input(
             BenchmarkId::new("write_size", chunk),
@@ -130,11 +139,11 @@ fn bench_tls(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_tcp_copy(c: &mut Criterion) {
+fn bench_tcp_copy(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let mut group = c.benchmark_group("tcp_copy");
     group.throughput(Throughput::Bytes(BATCH as u64));
-    group.sample_size(20);
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
     for buf in [4096usize, 16 * 1024, 64 * 1024] {
         let mut client = rt.block_on(async move {
             let sink_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -172,5 +181,9 @@ fn bench_tcp_copy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_tls, bench_tcp_copy);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = bench_tls, bench_tcp_copy
+}
 criterion_main!(benches);

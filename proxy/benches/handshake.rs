@@ -11,9 +11,7 @@
 //! updates that figure at scheduler ticks, so every sample is long (flat sampling, 10 samples).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
@@ -26,44 +24,9 @@ use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerCo
 use rustls::{ServerConnection, SupportedCipherSuite};
 use rustls_pki_types::{ServerName, UnixTime};
 
-/// CPU time of the calling thread, from the scheduler's own accounting (nanoseconds on CPU).
-struct ThreadCpu;
-
-fn thread_cpu_now() -> Duration {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat")
-        .expect("Linux exposes /proc/thread-self/schedstat");
-    let ns = text
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("schedstat starts with the nanoseconds spent on CPU");
-    Duration::from_nanos(ns)
-}
-
-impl Measurement for ThreadCpu {
-    type Intermediate = Duration;
-    type Value = Duration;
-
-    fn start(&self) -> Duration {
-        thread_cpu_now()
-    }
-    fn end(&self, start: Duration) -> Duration {
-        thread_cpu_now().saturating_sub(start)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_secs_f64() * 1e9
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        // Same unit (nanoseconds) as the wall clock, so reuse its formatting.
-        WallTime.formatter()
-    }
-}
+#[path = "support/cpu_clock.rs"]
+mod cpu_clock;
+use cpu_clock::ThreadCpu;
 
 /// Moves every pending TLS byte from `from` to `to` and lets `to` process it.
 fn pump(from: &mut Connection, to: &mut Connection, buf: &mut Vec<u8>) {

@@ -389,21 +389,60 @@ pub async fn renew(args: &ProxyArgs) -> anyhow::Result<()> {
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // After a failed renewal (a full tmpfs, a transient write error) the old files stay in
+    // place, untouched, and the renewal is retried with backoff rather than giving up: a
+    // renewer that exits would leave the proxy serving a leaf that is about to expire.
+    let mut retry: Option<Duration> = None;
     loop {
-        let delay = renewal_delay(validity.0, validity.1, OffsetDateTime::now_utc());
+        let delay = retry
+            .unwrap_or_else(|| renewal_delay(validity.0, validity.1, OffsetDateTime::now_utc()));
         tracing::info!(in_seconds = delay.as_secs(), "next renewal scheduled");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
         }
-        validity = issue_and_write(&ca, &out, args)?;
+        match issue_and_write(&ca, &out, args) {
+            Ok(v) => {
+                validity = v;
+                retry = None;
+            }
+            Err(e) => {
+                let next = next_retry(retry);
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in_seconds = next.as_secs(),
+                    "renewal failed; the previous files are left in place"
+                );
+                retry = Some(next);
+            }
+        }
     }
+}
+
+/// Backoff between failed renewals: 1 s, doubling, at most 30 s.
+fn next_retry(previous: Option<Duration>) -> Duration {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+    previous.map_or(FIRST, |d| (d * 2).min(MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_renewals_back_off_up_to_thirty_seconds() {
+        let mut d = None;
+        let seen: Vec<u64> = (0..8)
+            .map(|_| {
+                let next = next_retry(d);
+                d = Some(next);
+                next.as_secs()
+            })
+            .collect();
+        assert_eq!(seen, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 
     #[test]
     fn renewal_at_two_thirds() {

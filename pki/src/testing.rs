@@ -280,6 +280,6 @@ mod tests {
             ["ca", "cert", "key"],
         )
         .unwrap_err();
-        assert!(matches!(err, TlsError::Key(_)), "{err}");
+        assert!(matches!(err, TlsError::KeyMismatch(_)), "{err}");
     }
 }

@@ -38,9 +38,13 @@ pub enum TlsError {
         /// The parser's message.
         why: String,
     },
-    /// The private key is unusable or does not belong to the leaf.
+    /// The private key is unusable.
     #[error("private key: {0}")]
     Key(String),
+    /// The private key is valid but belongs to another certificate. Seen briefly while a
+    /// renewer replaces `key.pem` and `cert.pem` one after the other.
+    #[error("private key: does not match the certificate: {0}")]
+    KeyMismatch(String),
     /// The leaf does not verify against the pinned CA bundle.
     #[error("certificate does not verify against the pinned CA bundle ({usage}): {why}")]
     Untrusted {
@@ -141,7 +145,7 @@ impl Material {
         let certified = CertifiedKey::new(chain.to_vec(), signing);
         certified
             .keys_match()
-            .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
+            .map_err(|e| TlsError::KeyMismatch(e.to_string()))?;
         let leaf = &chain[0];
         let anchors = Arc::new(Anchors::new(&ca_certs)?);
         for (usage, eku) in [

@@ -111,6 +111,9 @@ pub struct TlsState {
     inbound: Vec<(Option<Vec<AllowPattern>>, Protocol)>,
     current: RwLock<Arc<Loaded>>,
     last_seen: Mutex<u64>,
+    /// Files whose key and certificate did not match on the last poll: given one more poll
+    /// interval before they count as a refused reload (see `poll`).
+    pending_mismatch: Mutex<Option<u64>>,
     metrics: Arc<Metrics>,
 }
 
@@ -139,6 +142,7 @@ impl TlsState {
             inbound,
             current: RwLock::new(Arc::new(loaded)),
             last_seen: Mutex::new(hash),
+            pending_mismatch: Mutex::new(None),
             metrics,
         })
     }
@@ -165,17 +169,35 @@ impl TlsState {
             Err(e) => return Some(Err(e)),
         };
         let hash = digest(&ca, &cert, &key);
-        {
-            let mut last = self
-                .last_seen
+        let unchanged = *self
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            == hash;
+        if unchanged {
+            return None;
+        }
+        let built = build(&self.settings, &self.inbound, &ca, &cert, &key, &names);
+        if let Err(TlsError::KeyMismatch(_)) = &built {
+            // The renewer renames key.pem and then cert.pem: a poll between the two sees the
+            // new key with the old certificate. Refuse to switch (the old pair keeps serving),
+            // but only count and log a failure if the same files are still there on the next
+            // poll, so a normal rotation never looks like a failed one.
+            let mut pending = self
+                .pending_mismatch
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *last == hash {
+            if *pending != Some(hash) {
+                *pending = Some(hash);
+                tracing::debug!("key and certificate do not match yet (mid-rotation?); retrying");
                 return None;
             }
-            *last = hash;
         }
-        let result = build(&self.settings, &self.inbound, &ca, &cert, &key, &names).map(|loaded| {
+        *self
+            .last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = hash;
+        let result = built.map(|loaded| {
             self.metrics.cert_expiry.set(unix_f64(loaded.material.not_after()));
             tracing::info!(identity = ?loaded.material.identity().uris, not_after = loaded.material.not_after(), "certificate reloaded");
             *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded);

@@ -115,6 +115,21 @@ async fn reload_switches_new_handshakes_keeps_open_connections_and_refuses_bad_f
         ) == 2.0
     })
     .await;
+    // A key that belongs to another certificate is what a poll sees between the renewer's two
+    // renames; it is given one more poll, and counted only because it stays.
+    let mismatched = enclaveid_pki::testing::TestCert {
+        key_pem: pki.ca.workload("backend").key_pem,
+        ..renewed.clone()
+    };
+    pki.write("backend", &pki.ca.cert_pem(), &mismatched);
+    eventually("mismatched key refused", || {
+        metric(
+            &inbound,
+            "enclaveid_proxy_certificate_reloads_total",
+            &[("result", "failure")],
+        ) == 3.0
+    })
+    .await;
     let still = tls_connect(inbound.inbound_addr(0), client).await.unwrap();
     assert_eq!(
         still.get_ref().1.peer_certificates().unwrap()[0],

@@ -17,9 +17,36 @@ use super::net::{http_get, proc_stats, Scrape};
 use super::pki::Minted;
 
 /// A free loopback port: bound, read, released. The proxy binds it a moment later.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up by default), walking from a
+/// per-process random start: a port 0 pick would come from that range, where the outgoing
+/// connections of the tests running beside this one can take it in the moment before the
+/// proxy binds it ("Address already in use").
 pub(crate) fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id();
+        let start = LOW + u16::try_from(seed % u32::from(SPAN)).unwrap();
+        let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = if port >= LOW + SPAN {
+            NEXT.store(LOW + 1, Ordering::Relaxed);
+            LOW
+        } else {
+            port
+        };
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 /// Writes ca.pem, cert.pem, key.pem (0444, 0444, 0400) into `dir`.

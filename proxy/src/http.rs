@@ -369,7 +369,11 @@ async fn forward(
             resp.map(Either::Left)
         }
         Err(e) => {
-            m.upstream_failures.inc();
+            // The mesh connector (outbound) counts its own connect failures, with the target.
+            let counted = e.is_connect() && matches!(listener.kind, Kind::Outbound { .. });
+            if !counted {
+                m.upstream_failures.inc();
+            }
             let cause = std::error::Error::source(&e)
                 .map(ToString::to_string)
                 .unwrap_or_default();

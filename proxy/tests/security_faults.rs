@@ -219,8 +219,8 @@ async fn unreachable_and_unresolvable_upstreams_fail_clearly_and_are_counted() {
         }
         let n = counted(&proxy, &before, UPSTREAM_FAILURES, &[("listener", name)]).await;
         assert!(n >= 1.0, "{name}: upstream failure not counted");
-        // Let any second increment land, then report the settled count (one failed request
-        // should count once; see docs/security.md).
+        // Let any second increment land, then check the settled count: one failed request
+        // counts once.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let settled = proxy
             .scrape()
@@ -231,6 +231,7 @@ async fn unreachable_and_unresolvable_upstreams_fail_clearly_and_are_counted() {
             "{name}: {} / {end}; upstream_failures_total +{settled}",
             text.lines().next().unwrap_or("(closed)")
         );
+        assert_eq!(settled, 1.0, "{name}: one failed request must count once");
     }
     let log = proxy.log_text();
     for name in ["refused-tcp", "nxdomain-tcp"] {

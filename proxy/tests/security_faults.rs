@@ -231,7 +231,10 @@ async fn unreachable_and_unresolvable_upstreams_fail_clearly_and_are_counted() {
             "{name}: {} / {end}; upstream_failures_total +{settled}",
             text.lines().next().unwrap_or("(closed)")
         );
-        assert_eq!(settled, 1.0, "{name}: one failed request must count once");
+        assert!(
+            (settled - 1.0).abs() < f64::EPSILON,
+            "{name}: one failed request must count once, counted {settled}"
+        );
     }
     let log = proxy.log_text();
     for name in ["refused-tcp", "nxdomain-tcp"] {

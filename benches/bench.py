@@ -49,6 +49,10 @@ def machine() -> list[str]:
         f"- ghostunnel: {_version([str(peers.ghostunnel_bin()), '--version'])}; "
         f"wrk: {_version(['wrk', '-v'])}",
         f"- OpenSSL: {_version(['openssl', 'version'])}; rustc: {_version(['rustc', '-V'])}",
+        (f"- enclaveid-proxy: `{os.environ['ENCLAVEID_PROXY_BIN']}`, release build of commit "
+         f"{os.environ.get('BENCH_PROXY_REV', '(not stated)')}" if "ENCLAVEID_PROXY_BIN" in os.environ
+         else f"- enclaveid-proxy built from `{_version(['git', '-C', str(HERE.parent), 'describe', '--always', '--dirty'])}`")
+        + " (release profile: LTO thin, codegen-units 1)",
     ]
 
 

@@ -34,19 +34,20 @@ def _pair(peer: peers.Peer, work: Path, pki: certs.Pki, ports: procs.PortAllocat
 
 
 def strace_counts(peer: peers.Peer, work: Path, pki: certs.Pki, ports: procs.PortAllocator,
-                  backend: int, seconds: int, close: bool) -> tuple[float, list[tuple[str, float]]]:
+                  backend: int, seconds: int, close: bool,
+                  path: str = "/small") -> tuple[float, list[tuple[str, float]]]:
     """Syscalls per request (both sidecars) and the top syscalls per request."""
     pin, pout, o = _pair(peer, work, pki, ports, backend, f"{peer.name}-strace")
     try:
         load.wrk(o, "/small", 16, 1, 1, close=close)
         tids = procs.threads(pin.pid) + procs.threads(pout.pid)
-        out = work / f"{peer.name}-{close}.strace"
+        out = work / f"{peer.name}-{close}-{path.strip('/')}.strace"
         argv = ["strace", "-c", "-f", "-o", str(out)]
         for t in tids:
             argv += ["-p", str(t)]
         st = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # attach
-        r = load.wrk(o, "/small", 64, seconds, 1, close=close)
+        r = load.wrk(o, path, 64 if path == "/small" else 16, seconds, 1, close=close)
         st.send_signal(signal.SIGINT)
         st.wait(30)
     finally:
@@ -176,13 +177,17 @@ def main(args: argparse.Namespace) -> int:
     try:
         lines += ["## Syscalls (strace -c -f on every thread of both sidecars)", "",
                   "| path | syscalls per keep-alive request | top (per request) | "
-                  "syscalls per new connection | top (per connection) |",
-                  "|---|---:|---|---:|---|"]
+                  "syscalls per new connection | top (per connection) | syscalls per 1 MiB "
+                  "response | top (per response) |",
+                  "|---|---:|---|---:|---|---:|---|"]
         for p in chosen:
             ka, ka_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False)
             nc, nc_top = strace_counts(p, work, pki, ports, backend_port, 5, close=True)
             fmt = lambda top: ", ".join(f"{n} {c:.1f}" for n, c in top)  # noqa: E731
-            lines.append(f"| {p.name} | {ka:.1f} | {fmt(ka_top)} | {nc:.1f} | {fmt(nc_top)} |")
+            big, big_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False,
+                                         path="/big")
+            lines.append(f"| {p.name} | {ka:.1f} | {fmt(ka_top)} | {nc:.1f} | {fmt(nc_top)} | "
+                         f"{big:.0f} | {fmt(big_top[:4])} |")
             print(lines[-1], flush=True)
         lines += ["", "## Instructions (valgrind --tool=callgrind, both sidecars, unloaded "
                   "run subtracted)", "",

@@ -222,6 +222,24 @@ mod tests {
     use crate::tls::{Material, TlsError};
 
     #[test]
+    fn aes_128_gcm_is_preferred_and_the_other_suites_keep_their_order() {
+        use rustls::CipherSuite as S;
+        let ours: Vec<_> = crate::tls::provider()
+            .cipher_suites
+            .iter()
+            .map(rustls::SupportedCipherSuite::suite)
+            .collect();
+        assert_eq!(ours[0], S::TLS13_AES_128_GCM_SHA256);
+        let mut default: Vec<_> = rustls::crypto::aws_lc_rs::default_provider()
+            .cipher_suites
+            .iter()
+            .map(rustls::SupportedCipherSuite::suite)
+            .collect();
+        default.retain(|s| *s != S::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(ours[1..], default[..]);
+    }
+
+    #[test]
     fn workload_leaf_verifies_and_bad_ones_do_not() {
         let ca = TestCa::new("test CA");
         let good = ca.workload("frontend");

@@ -101,10 +101,19 @@ impl std::fmt::Debug for Material {
     }
 }
 
-/// The crypto provider every configuration uses.
+/// The crypto provider every configuration uses: aws-lc-rs with AES-128-GCM-SHA256 preferred.
+///
+/// Both ends of a mesh hop are ours, and rustls servers follow the client's order, so this order
+/// decides the suite. AES-128-GCM-SHA256 costs 12 % less CPU per full handshake than the
+/// default first choice AES-256-GCM-SHA384 (no SHA-384 in the key schedule) and is what nginx,
+/// `HAProxy` and Envoy negotiate; both are 128-bit-secure or better (`benches/README.md`).
 #[must_use]
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(aws_lc_rs::default_provider())
+    let mut provider = aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 impl Material {

@@ -12,35 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_TOTAL="${SOAK_SECONDS:-600}"
 CONNS="${SOAK_CONNS:-50}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}"
 # PROXY_BIN: an already built binary to soak (default: the release build, built if missing).
-bin="${PROXY_BIN:-${CARGO_TARGET_DIR}/release/enclaveid-proxy}"
-[ -x "$bin" ] || cargo build --release --locked -p enclaveid-proxy
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. scripts/lib/mesh-rig.sh
+rig_proxy_bin
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# A mesh CA shaped like init's (P-256, pathlen 0) and two workload leaves, throwaway.
-cd "$work"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
-  -days 2 -subj "/CN=EnclaveID Cluster CA" -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-  -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-for sa in frontend backend; do
-  mkdir -p "$sa"
-  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$sa/key.pem" \
-    -out "$sa.csr" -subj "/CN=$sa" 2>/dev/null
-  printf 'subjectAltName=URI:spiffe://cluster.local/ns/default/sa/%s,DNS:%s.default.svc.cluster.local\nextendedKeyUsage=clientAuth,serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n' "$sa" "$sa" > "$sa.ext"
-  openssl x509 -req -in "$sa.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile "$sa.ext" \
-    -out "$sa/cert.pem" 2>/dev/null
-  cp ca.pem "$sa/ca.pem"
-done
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-APP=$(port); IN=$(port); OUT=$(port); ADMIN_IN=$(port); ADMIN_OUT=$(port)
+rig_workdir
+rig_mint_pki
+APP=$(rig_port); IN=$(rig_port); OUT=$(rig_port); ADMIN_IN=$(rig_port); ADMIN_OUT=$(rig_port)
 cat > backend.yaml <<EOF
 admin: { listen: "127.0.0.1:${ADMIN_IN}" }
 tls: { ca: ${work}/backend/ca.pem, cert: ${work}/backend/cert.pem, key: ${work}/backend/key.pem }
@@ -55,28 +34,8 @@ defaults: { max_connections: 20000 }
 outbound:
   - { name: backend, listen: "127.0.0.1:${OUT}", upstream: "127.0.0.1:${IN}", server_name: backend.default.svc.cluster.local, protocol: tcp }
 EOF
-cat > echo.py <<'EOF'
-import asyncio, sys
-async def handle(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
-    except Exception:
-        pass
-    w.close()
-async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=4096)
-    async with srv:
-        await srv.serve_forever()
-asyncio.run(main())
-EOF
-python3 echo.py "$APP" & pids+=($!)
-"$bin" run --config backend.yaml > backend.log 2>&1 & pids+=($!); PID_IN=$!
-"$bin" run --config frontend.yaml > frontend.log 2>&1 & pids+=($!); PID_OUT=$!
-for a in "$ADMIN_IN" "$ADMIN_OUT"; do
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
-done
+rig_write_echo
+rig_start_pair
 
 cat > load.py <<'EOF'
 import asyncio, os, sys, time

@@ -81,7 +81,7 @@ async fn backend_restart_mid_stream_closes_cleanly_is_counted_and_recovers() {
     let mut stream = echo_through(out, b"first").await;
     let before = rig.sidecar.scrape().await;
 
-    rig.kill_app();
+    rig.kill_app().await;
     // Mid-stream: the app's side closes; the client sees a clean close, not a hang.
     let (rest, end) = read_to_close(&mut stream).await;
     assert!(rest.is_empty(), "bytes after the backend died: {rest:?}");
@@ -125,7 +125,7 @@ async fn backend_death_mid_request_gives_502_counted_and_recovers() {
         assert!(Instant::now() < deadline, "request never reached the app");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    rig.kill_app();
+    rig.kill_app().await;
     let status = status_of(&mut s).await;
     assert_eq!(status, Some(502), "a request whose backend died mid-way");
     let failures = counted(

@@ -69,6 +69,17 @@ impl Drop for App {
 }
 
 impl App {
+    /// Stops the app and returns once its listening socket is closed: `abort` alone only asks
+    /// the runtime, so a connect racing it could still land in the old accept queue.
+    pub(crate) async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let conns: Vec<_> = self.conns.lock().unwrap().drain(..).collect();
+        for c in conns {
+            c.abort();
+        }
+    }
+
     /// Binds 127.0.0.1:0 and serves until dropped.
     pub(crate) async fn start(reply: Reply) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

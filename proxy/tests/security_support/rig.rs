@@ -72,8 +72,10 @@ impl Rig {
     }
 
     /// The backend dies: listener and every connection closed.
-    pub(crate) fn kill_app(&mut self) {
-        self.app = None;
+    pub(crate) async fn kill_app(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await;
+        }
     }
 
     /// The backend comes back on the same port (bounded retries while the old socket closes).

@@ -3,6 +3,7 @@
 //! Exit codes (DESIGN.md): 0 success; 1 a runtime failure (verification failed, server
 //! unreachable, images differ); 2 bad usage or bad configuration.
 
+mod probe;
 mod serve;
 mod verify;
 
@@ -35,6 +36,8 @@ pub enum Command {
     PolicyHash(PolicyHashArgs),
     /// Compare two OCI images (layout directories or archives) file by file.
     VerifyImage(VerifyImageArgs),
+    /// GET a loopback admin URL; exit 0 on 2xx (for kubelet exec probes).
+    Probe(ProbeArgs),
 }
 
 /// `serve` flags; each also reads an `ENCLAVEID_ATTEST_*` variable.
@@ -164,6 +167,17 @@ pub struct VerifyImageArgs {
     pub actual: PathBuf,
 }
 
+/// `probe` flags.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The plain-HTTP URL to GET, e.g. `http://127.0.0.1:15010/metrics` for liveness.
+    #[arg(long, default_value = probe::DEFAULT_URL)]
+    pub url: String,
+    /// Give up after this many milliseconds (keep it below the probe's `timeoutSeconds`).
+    #[arg(long, default_value_t = 1_000)]
+    pub timeout_ms: u64,
+}
+
 /// A failure with its exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -214,6 +228,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::VerifyReport(args) => verify::verify_report(&args),
         Command::PolicyHash(args) => policy_hash(&args),
         Command::VerifyImage(args) => verify_image(&args),
+        Command::Probe(args) => probe::run(&args),
     };
     match result {
         Ok(code) => code,

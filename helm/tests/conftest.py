@@ -120,6 +120,13 @@ def by_name(spec, name):
     raise AssertionError(f"no container {name}: {[c['name'] for _, c in containers(spec)]}")
 
 
+def exec_probe(container, kind):
+    """The command of a container's exec probe (asserting it is one)."""
+    probe = container[kind]
+    assert set(probe) & {"httpGet", "tcpSocket", "grpc"} == set(), f"{container['name']} {kind}: {probe}"
+    return probe["exec"]["command"]
+
+
 def mounts(container):
     return {m["name"]: m for m in container.get("volumeMounts", [])}
 

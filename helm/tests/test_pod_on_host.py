@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,90 @@ def test_rendered_pod_and_helm_test_run_for_real(helm, tmp_path, shm_dir):
         for proxy in proxies:
             proxy.stop()
         app.shutdown()
+
+
+def run_probe(container, kind, binaries):
+    """Runs a rendered exec probe as the kubelet would, with the image path mapped to the build."""
+    command = list(container[kind]["exec"]["command"])
+    command[0] = str(binaries[command[0]])
+    return subprocess.run(command, capture_output=True, text=True, timeout=container[kind]["timeoutSeconds"] + 10,
+                          check=False)
+
+
+def eventually_passes(container, kind, binaries, what, deadline_s=90):
+    """Polls a rendered probe until it exits 0 (as the kubelet's periodSeconds would)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        proc = run_probe(container, kind, binaries)
+        if proc.returncode == 0:
+            return
+        assert proc.returncode == 1, f"{kind}: exit {proc.returncode} is not a probe failure: {proc.stderr}"
+        assert time.monotonic() < end, f"{what} {kind} still failing after {deadline_s}s: {proc.stderr}"
+        time.sleep(0.25)
+
+
+def test_rendered_exec_probes_against_the_real_binaries(helm, tmp_path, shm_dir):
+    """The proxy's and attest's exec probes, verbatim from the render, against real processes
+    whose admin listeners bind 127.0.0.1 as rendered: down = exit 1, up = exit 0."""
+    init_bin = cargo_binary("enclaveid-init")
+    proxy_bin = cargo_binary("enclaveid-proxy")
+    attest_bin = cargo_binary("enclaveid-attest")
+    binaries = {"/usr/local/bin/enclaveid-proxy": proxy_bin, "/usr/local/bin/enclaveid-attest": attest_bin}
+    inbound, proxy_admin, attest_port, attest_admin = (free_port() for _ in range(4))
+    args = [
+        "--set", "deployment=microk8s",
+        "--set-json", f'proxy.inbound=[{{"name": "api", "port": {inbound}, "forward": "127.0.0.1:8080"}}]',
+        "--set", f"proxy.adminPort={proxy_admin}",
+        "--set", f"attest.port={attest_port}",
+        "--set", f"attest.adminPort={attest_admin}",
+    ]
+    docs = [d for d in yaml.safe_load_all(helm_template(helm, args).stdout) if d]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    proxy_c, attest_c = by_name(pod, "proxy"), by_name(pod, "attest")
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")}
+    processes = []
+    try:
+        vault = tmp_path / "dev-vault"
+        vault.mkdir()
+        subprocess.run([str(init_bin), "secrets", "--vault", f"dir:{vault}"], check=True, capture_output=True)
+        tls = shm_dir / "probes"
+        tls.mkdir()
+        mounts = {"/var/run/enclaveid/dev-vault": vault, "/run/enclaveid/tls": tls}
+        run_args(init_bin, by_name(pod, "init-proxy")["args"], mounts)
+
+        # Nothing listens yet: every probe fails with exit 1 (what keeps the app from starting).
+        for container, kind in ((proxy_c, "startupProbe"), (proxy_c, "livenessProbe"), (attest_c, "readinessProbe")):
+            proc = run_probe(container, kind, binaries)
+            assert proc.returncode == 1, f"{container['name']} {kind} with nothing listening: {proc.returncode}"
+
+        cfg = localize(one(docs, "ConfigMap", "enclaveid-proxy")["data"]["proxy.yaml"])
+        assert cfg["admin"]["listen"] == f"127.0.0.1:{proxy_admin}", "rendered loopback, used as is"
+        cfg["tls"] = {k: str(tls / Path(v).name) for k, v in cfg["tls"].items()}
+        (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(cfg))
+        proxy = Proxy(proxy_bin, tmp_path / "proxy.yaml", env)
+        processes.append(proxy.proc)
+        proxy.wait_ready()
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            eventually_passes(proxy_c, kind, binaries, "proxy")
+
+        # attest serve with the rendered args (simulated provider in microk8s); only the pod-IP
+        # listener becomes loopback, the admin address is used as rendered.
+        attest_args = [a.replace("0.0.0.0:", "127.0.0.1:").replace("/run/enclaveid/tls", str(tls))
+                       for a in attest_c["args"]]
+        assert attest_args[attest_args.index("--admin") + 1] == f"127.0.0.1:{attest_admin}"
+        attest = subprocess.Popen([str(attest_bin)] + attest_args, env={**env, "RUST_LOG": "warn"},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(attest)
+        eventually_passes(attest_c, "livenessProbe", binaries, "attest")
+        eventually_passes(attest_c, "readinessProbe", binaries, "attest")
+        assert attest.poll() is None
+
+        # Killed: liveness fails again (the kubelet would restart the container).
+        attest.kill()
+        attest.wait(10)
+        assert run_probe(attest_c, "livenessProbe", binaries).returncode == 1
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)

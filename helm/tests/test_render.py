@@ -16,6 +16,7 @@ import yaml
 
 from conftest import (
     CHART,
+    exec_probe,
     FIXTURES,
     KUBE_VERSION,
     MODES,
@@ -75,10 +76,10 @@ def test_init_order_and_native_sidecar(helm, mode):
         assert "restartPolicy" not in by_name(spec, name), "plain init containers run to completion"
     proxy = by_name(spec, "proxy")
     assert proxy["restartPolicy"] == "Always"
-    probe = proxy["startupProbe"]["httpGet"]
-    assert probe["path"] == "/ready"
-    port = {p["name"]: p["containerPort"] for p in proxy["ports"]}[probe["port"]]
-    assert port == 15000
+    # The admin listener is loopback: the kubelet runs the proxy's own probe inside the container.
+    assert exec_probe(proxy, "startupProbe") == ["/usr/local/bin/enclaveid-proxy", "probe", "--url",
+                                                 "http://127.0.0.1:15000/ready", "--timeout-ms", "1800"]
+    assert proxy["startupProbe"]["timeoutSeconds"] == 2
     # The app is a regular container, so it starts only after the sidecar's startupProbe passes.
     assert "app" in [c["name"] for c in spec["containers"]]
 
@@ -276,6 +277,14 @@ def test_confidentiality_follows_mode_and_can_be_overridden(helm):
         ["--set", "confidentiality.enabled=true", "--set", "vault.url=akv:https://v.vault.azure.net",
          "-f", str(FIXTURES / "images-test.yaml"), "--set", "workloadIdentity.clientId=x"],
     )
+    assert "vault.maaEndpoint is required in microk8s mode (confidentiality on)" in err, err
+    err = render_error(
+        helm,
+        "microk8s",
+        ["--set", "confidentiality.enabled=true", "--set", "vault.url=akv:https://v.vault.azure.net",
+         "--set", "vault.maaEndpoint=https://sharedeus.eus.attest.azure.net",
+         "-f", str(FIXTURES / "images-test.yaml"), "--set", "workloadIdentity.clientId=x"],
+    )
     assert 'attest.provider = "simulated": refused' in err, err
     # And off in aks (for a dry run on a plain pool) is possible, with the dir: vault.
     docs = render(helm, "aks", ["--set", "confidentiality.enabled=false", "--set", "vault.url=dir:/vault",
@@ -292,7 +301,7 @@ def test_proxy_config_is_the_contract(helm):
         "cert": "/run/enclaveid/tls/cert.pem",
         "key": "/run/enclaveid/tls/key.pem",
     }
-    assert cfg["admin"]["listen"] == "0.0.0.0:15000"
+    assert cfg["admin"]["listen"] == "127.0.0.1:15000"
     assert cfg["inbound"] == [
         {"name": "api", "listen": "0.0.0.0:15006", "forward": "127.0.0.1:8080", "protocol": "http"}
     ]
@@ -331,7 +340,8 @@ def test_aks_specifics(helm):
     assert with_tpm == {"init-proxy", "renew", "attest"}
     attest_args = by_name(spec, "attest")["args"]
     assert attest_args[attest_args.index("--tcti") + 1] == "device:/dev/tpmrm0"
-    assert attest_args[attest_args.index("--admin") + 1] == "0.0.0.0:15010"
+    assert attest_args[attest_args.index("--vcek") + 1] == "thim"
+    assert attest_args[attest_args.index("--admin") + 1] == "127.0.0.1:15010"
     assert by_name(spec, "attest")["args"][by_name(spec, "attest")["args"].index("--provider") + 1] == "vtpm"
     sa = one(docs, "ServiceAccount")
     assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"]
@@ -342,8 +352,21 @@ def test_aks_specifics(helm):
     assert set(skipped) == {"proxy", "attest", "app"}
     init_args = by_name(spec, "init-proxy")["args"]
     assert init_args[init_args.index("--vault") + 1] == "akv:https://enclaveid-test.vault.azure.net"
-    assert init_args[init_args.index("--evidence") + 1] == "vtpm"
-    assert "--evidence" not in by_name(spec, "init-secrets")["args"], "secrets never releases the key"
+    # SKR on a CVM: MAA attest/AzureGuest with a transfer key in the vTPM, for init-proxy and
+    # renew (which releases the secret again); the VCEK chain from THIM.
+    for name in ("init-proxy", "renew"):
+        args = by_name(spec, name)["args"]
+        assert args[args.index("--evidence") + 1] == "vtpm", name
+        assert args[args.index("--tcti") + 1] == "device:/dev/tpmrm0", name
+        assert args[args.index("--vcek") + 1] == "thim", name
+        assert args[args.index("--maa") + 1] == "https://sharedeus.eus.attest.azure.net", name
+    secrets_args = by_name(spec, "init-secrets")["args"]
+    assert "--evidence" not in secrets_args and "--tcti" not in secrets_args, "secrets never releases the key"
+    # The helm test pod's init-proxy releases too: same device, same flags.
+    test_pod = one(docs, "Pod", "-test-mesh")["spec"]
+    assert by_name(test_pod, "init-proxy")["args"] == init_args
+    assert "squat.ai/tpmrm" in by_name(test_pod, "init-proxy")["resources"]["limits"]
+    assert 59 in test_pod["securityContext"]["supplementalGroups"]
     assert "spiffe://cluster.local/ns/prod/sa/t-enclaveid" in init_args
 
 

@@ -86,33 +86,32 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
     - name: ENCLAVEID_PROXY_CONFIG
       value: /etc/enclaveid/proxy/proxy.yaml
     {{- include "enclaveid.commonEnv" $root | nindent 4 }}
+  {{- if .inbound }}
   ports:
-    {{- if .inbound }}
     {{- range $root.Values.proxy.inbound }}
     - name: {{ printf "in-%s" .name | trunc 15 | trimSuffix "-" }}
       containerPort: {{ .port }}
       protocol: TCP
     {{- end }}
-    {{- end }}
+    {{- if $root.Values.metrics.expose }}
     - name: proxy-admin
       containerPort: {{ $root.Values.proxy.adminPort }}
       protocol: TCP
+    {{- end }}
+  {{- end }}
+  {{- /* The admin listener binds 127.0.0.1 (enclaveid.adminHost): exec probes, not httpGet. */}}
+  {{- $probe := dict "root" $root "binary" "/usr/local/bin/enclaveid-proxy" "port" $root.Values.proxy.adminPort }}
   startupProbe:
-    httpGet:
-      path: /ready
-      port: proxy-admin
+    {{- include "enclaveid.execProbe" (merge (dict "path" "/ready") $probe) | nindent 4 }}
     periodSeconds: 1
-    failureThreshold: 120
+    failureThreshold: {{ $root.Values.probes.startupSeconds }}
   readinessProbe:
-    httpGet:
-      path: /ready
-      port: proxy-admin
+    {{- include "enclaveid.execProbe" (merge (dict "path" "/ready") $probe) | nindent 4 }}
     periodSeconds: 5
   livenessProbe:
-    httpGet:
-      path: /live
-      port: proxy-admin
+    {{- include "enclaveid.execProbe" (merge (dict "path" "/live") $probe) | nindent 4 }}
     periodSeconds: 10
+    failureThreshold: 3
   securityContext:
     {{- include "enclaveid.containerSecurityContext" $root | nindent 4 }}
   resources:
@@ -176,7 +175,7 @@ tmpfs): that key's SPKI is what the evidence binds, so clients that verify it ca
     - --listen
     - {{ printf "0.0.0.0:%d" (int .Values.attest.port) | quote }}
     - --admin
-    - {{ printf "0.0.0.0:%d" (int .Values.attest.adminPort) | quote }}
+    - {{ printf "%s:%d" (include "enclaveid.adminHost" .) (int .Values.attest.adminPort) | quote }}
     - --tls-cert
     - /run/enclaveid/tls/cert.pem
     - --tls-key
@@ -186,6 +185,8 @@ tmpfs): that key's SPKI is what the evidence binds, so clients that verify it ca
     {{- if eq .Values.deployment "aks" }}
     - --tcti
     - {{ .Values.aks.vtpm.tcti | quote }}
+    - --vcek
+    - {{ .Values.aks.vtpm.vcek | quote }}
     {{- else if eq .Values.deployment "kata-cc" }}
     - --sev-guest-device
     - {{ .Values.kataCC.sevGuestDevice | quote }}
@@ -199,18 +200,21 @@ tmpfs): that key's SPKI is what the evidence binds, so clients that verify it ca
     - name: attest
       containerPort: {{ .Values.attest.port }}
       protocol: TCP
+    {{- if .Values.metrics.expose }}
     - name: attest-admin
       containerPort: {{ .Values.attest.adminPort }}
       protocol: TCP
+    {{- end }}
+  {{- /* Ready once the evidence provider has produced evidence; live while the admin listener
+         answers (/metrics always does). Loopback listener, so exec probes. */}}
+  {{- $probe := dict "root" . "binary" "/usr/local/bin/enclaveid-attest" "port" .Values.attest.adminPort }}
   readinessProbe:
-    httpGet:
-      path: /ready
-      port: attest-admin
+    {{- include "enclaveid.execProbe" (merge (dict "path" "/ready") $probe) | nindent 4 }}
     periodSeconds: 5
   livenessProbe:
-    tcpSocket:
-      port: attest-admin
+    {{- include "enclaveid.execProbe" (merge (dict "path" "/metrics") $probe) | nindent 4 }}
     periodSeconds: 10
+    failureThreshold: 3
   securityContext:
     {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
   resources:

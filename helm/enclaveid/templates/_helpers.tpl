@@ -184,13 +184,25 @@ and needs MAA only as the release policy's authority.
 {{- if hasPrefix "akv:" (include "enclaveid.vaultUrl" $root) }}
 - --key-name
 - {{ $root.Values.vault.keyName | quote }}
+{{- $confidential := eq (include "enclaveid.confidential" $root) "true" }}
+{{- if and $confidential (not $root.Values.vault.maaEndpoint) }}
+{{- fail (printf "vault.maaEndpoint is required in %s mode (confidentiality on): SKR needs an MAA token, and the key's release policy names MAA as its authority, e.g. https://sharedeus.eus.attest.azure.net" $root.Values.deployment) }}
+{{- end }}
 {{- if $root.Values.vault.maaEndpoint }}
 - --maa
 - {{ $root.Values.vault.maaEndpoint | quote }}
 {{- end }}
-{{- if and .release (eq (include "enclaveid.confidential" $root) "true") }}
+{{- if and .release $confidential }}
+{{- $provider := include "enclaveid.provider" $root }}
 - --evidence
-- {{ include "enclaveid.provider" $root | quote }}
+- {{ $provider | quote }}
+{{- if eq $provider "vtpm" }}
+{{- /* AKS CVM: MAA attest/AzureGuest with a TPM transfer key (the device: enclaveid.evidenceResources). */}}
+- --tcti
+- {{ $root.Values.aks.vtpm.tcti | quote }}
+- --vcek
+- {{ $root.Values.aks.vtpm.vcek | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}
@@ -214,9 +226,43 @@ and needs MAA only as the release policy's authority.
 {{- end -}}
 
 
+{{/*
+Where the admin listeners (proxy 15000, attest 15010) bind: 127.0.0.1 unless metrics.expose
+opts in to scraping on the pod IP. They serve /config and POST /shutdown (proxy) besides
+/metrics, so they are not for other pods; the kubelet probes them with exec probes instead.
+*/}}
+{{- define "enclaveid.adminHost" -}}
+{{- if .Values.metrics.expose -}}
+{{- if and .Values.networkPolicy.enabled (not .Values.metrics.from) -}}
+{{- fail "metrics.from is required when metrics.expose is true and networkPolicy.enabled: list the Prometheus peers (NetworkPolicyPeer), e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]; [{namespaceSelector: {}}] admits every namespace to the admin ports" -}}
+{{- end -}}
+0.0.0.0
+{{- else -}}
+127.0.0.1
+{{- end -}}
+{{- end -}}
+
+{{/*
+An exec probe: the container's own binary GETs its loopback admin listener (exit 0 on 2xx).
+The binary gives up 200 ms before the kubelet does, so its own reason reaches the pod events.
+Args: dict "root" $ "binary" "/usr/local/bin/enclaveid-proxy" "port" 15000 "path" "/ready".
+*/}}
+{{- define "enclaveid.execProbe" -}}
+{{- $timeout := int .root.Values.probes.timeoutSeconds -}}
+exec:
+  command:
+    - {{ .binary }}
+    - probe
+    - --url
+    - {{ printf "http://127.0.0.1:%d%s" (int .port) .path }}
+    - --timeout-ms
+    - {{ sub (mul $timeout 1000) 200 | quote }}
+timeoutSeconds: {{ $timeout }}
+{{- end -}}
+
 {{/* The proxy config (issue 2's contract) as a dict, rendered to YAML by the ConfigMaps. */}}
 {{- define "enclaveid.proxyConfig" -}}
-{{- $cfg := dict "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.proxy.adminPort))) -}}
+{{- $cfg := dict "admin" (dict "listen" (printf "%s:%d" (include "enclaveid.adminHost" .) (int .Values.proxy.adminPort))) -}}
 {{- $_ := set $cfg "tls" (dict "ca" "/run/enclaveid/tls/ca.pem" "cert" "/run/enclaveid/tls/cert.pem" "key" "/run/enclaveid/tls/key.pem") -}}
 {{- if .Values.proxy.defaults -}}
 {{- $_ := set $cfg "defaults" .Values.proxy.defaults -}}

@@ -5,14 +5,15 @@
 //! 2. [`report_data_for`]: SNP `report_data` = SHA-256(runtime-data JSON bytes) ‖ 32 zero bytes.
 //! 3. [`MaaClient::attest_sev_snp_vm`]: `POST {maa}/attest/SevSnpVm` → `{"token": JWT}`. MAA
 //!    copies the runtime data into the token's `x-ms-runtime` claim, which AKV reads the transfer
-//!    key from.
+//!    key from. A token whose `exp` is past (or too near, [`MIN_TOKEN_VALIDITY`]) is not used:
+//!    [`check_token_fresh`] makes it a transient error, so the retry asks MAA for a fresh one.
 //! 4. The release call itself goes through the official Key Vault client (see `vault::akv`).
 //! 5. [`verify_release_jws`]: the response `{"value": JWS}` is checked: its `x5c` chain must
 //!    lead to a trusted root and name the vault's host, and the leaf must have signed it.
 //! 6. [`unwrap_released_key`]: `key_hsm` holds RSA-OAEP(KEK) ‖ AES-KWP(KEK, key), the
 //!    `CKM_RSA_AES_KEY_WRAP` scheme; the plaintext is the raw key (oct) or PKCS#8 (RSA, EC).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -36,6 +37,10 @@ pub const TRANSFER_KEY_ID: &str = "enclaveid-transfer-key";
 pub const MAA_API_VERSION: &str = "2022-08-01";
 /// The release wrapping algorithm requested from AKV.
 pub const RELEASE_ENC: &str = "CKM_RSA_AES_KEY_WRAP";
+/// The validity an MAA token must have left when it arrives: the release call and its retries
+/// (one minute by default, `--retry-deadline`) must end before AKV would find it expired. MAA's
+/// tokens live 8 hours, so only a wrong clock or a replayed token falls short.
+pub const MIN_TOKEN_VALIDITY: Duration = Duration::from_mins(5);
 
 /// Errors of the SKR steps.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +67,25 @@ pub enum SkrError {
         /// MAA's error message.
         message: String,
     },
-    /// The MAA response is not `{"token": "..."}`.
+    /// The MAA response is not `{"token": "..."}`, or the token is not a JWT with an `exp`.
     #[error("MAA response is not a token: {0}")]
     MaaResponse(String),
+    /// The MAA token is expired, or expires too soon to carry the release (transient: the next
+    /// attempt attests again and gets a fresh token).
+    #[error(
+        "MAA {url} issued a token that {} (exp {exp}, now {now}); it needs {} s of validity left \
+         for the key release",
+        expiry_phrase(*exp, *now),
+        MIN_TOKEN_VALIDITY.as_secs()
+    )]
+    TokenExpired {
+        /// The request URL.
+        url: String,
+        /// The token's `exp` claim (seconds since the epoch).
+        exp: i64,
+        /// This machine's clock at the check (seconds since the epoch).
+        now: i64,
+    },
     /// The attempt ran past the deadline.
     #[error("deadline exceeded after {0:?}")]
     Deadline(Duration),
@@ -95,7 +116,10 @@ pub enum SkrError {
 
 impl Transient for SkrError {
     fn is_transient(&self) -> bool {
-        matches!(self, Self::MaaUnavailable { .. })
+        matches!(
+            self,
+            Self::MaaUnavailable { .. } | Self::TokenExpired { .. }
+        )
     }
     fn deadline_exceeded(after: Duration) -> Self {
         Self::Deadline(after)
@@ -244,7 +268,55 @@ impl MaaClient {
         }
         let parsed: MaaResponse =
             serde_json::from_str(&text).map_err(|e| SkrError::MaaResponse(e.to_string()))?;
-        Ok(Zeroizing::new(parsed.token))
+        let token = Zeroizing::new(parsed.token);
+        check_token_fresh(&url, &token, SystemTime::now())?;
+        Ok(token)
+    }
+}
+
+/// The `exp` claim of a JWT (seconds since the epoch), read without checking the signature:
+/// verifying the token is AKV's job; init only declines to present one that cannot pass.
+pub fn token_expiry(token: &str) -> Result<i64, SkrError> {
+    #[derive(Deserialize)]
+    struct Claims {
+        exp: Option<i64>,
+    }
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| SkrError::MaaResponse("the token is not a JWT (no payload part)".into()))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| SkrError::MaaResponse(format!("token payload is not base64url: {e}")))?;
+    let claims: Claims = serde_json::from_slice(&bytes)
+        .map_err(|e| SkrError::MaaResponse(format!("token payload is not JSON claims: {e}")))?;
+    claims
+        .exp
+        .ok_or_else(|| SkrError::MaaResponse("the token has no exp claim".into()))
+}
+
+/// Refuses a token from `url` whose `exp` is not at least [`MIN_TOKEN_VALIDITY`] after `now`.
+pub fn check_token_fresh(url: &str, token: &str, now: SystemTime) -> Result<(), SkrError> {
+    let exp = token_expiry(token)?;
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let needed = i64::try_from(MIN_TOKEN_VALIDITY.as_secs()).unwrap_or(i64::MAX);
+    if exp.saturating_sub(now) < needed {
+        return Err(SkrError::TokenExpired {
+            url: url.to_owned(),
+            exp,
+            now,
+        });
+    }
+    Ok(())
+}
+
+fn expiry_phrase(exp: i64, now: i64) -> String {
+    if exp <= now {
+        format!("expired {} s ago", now.saturating_sub(exp))
+    } else {
+        format!("expires in {} s", exp.saturating_sub(now))
     }
 }
 
@@ -442,6 +514,48 @@ mod tests {
             "Forbidden: no access"
         );
         assert_eq!(service_message("plain"), "plain");
+    }
+
+    fn jwt(claims: &serde_json::Value) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn expired_and_nearly_expired_tokens_are_refused_as_transient() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let fresh = jwt(&serde_json::json!({"exp": 1_000_000 + 8 * 3600}));
+        check_token_fresh("u", &fresh, now).unwrap();
+        for (exp, phrase) in [
+            (1_000_000 - 3600, "expired 3600 s ago"),
+            (1_000_000, "expired 0 s ago"),
+            (1_000_000 + 299, "expires in 299 s"),
+        ] {
+            let err =
+                check_token_fresh("u", &jwt(&serde_json::json!({ "exp": exp })), now).unwrap_err();
+            assert!(matches!(err, SkrError::TokenExpired { .. }), "{err}");
+            assert!(err.is_transient());
+            assert!(err.to_string().contains(phrase), "{err}");
+        }
+        check_token_fresh("u", &jwt(&serde_json::json!({"exp": 1_000_000 + 300})), now).unwrap();
+    }
+
+    #[test]
+    fn a_token_without_exp_or_claims_is_not_a_token() {
+        let now = SystemTime::now();
+        for token in [
+            jwt(&serde_json::json!({"iat": 1})),
+            "no-dots".to_owned(),
+            "a.!!!.c".to_owned(),
+            format!("a.{}.c", URL_SAFE_NO_PAD.encode("not json")),
+        ] {
+            let err = check_token_fresh("u", &token, now).unwrap_err();
+            assert!(matches!(err, SkrError::MaaResponse(_)), "{token}: {err}");
+            assert!(!err.is_transient());
+        }
     }
 
     #[test]

@@ -6,17 +6,30 @@
 //!
 //! The endpoint is a FAULT INJECTOR, not a test double of AKV or MAA: it speaks HTTP/1.1 over
 //! TLS and Azure's error JSON, and nothing else; no request it receives can succeed.
+//!
+//! An expired MAA token is played by the MAA + key-release TEST DOUBLE (`support/double.rs`),
+//! driven through the library's `AkvVault` (the binary would first need an Entra ID token, and
+//! nothing but MAA and AKV may be doubled): init checks `exp` before it presents a token, attests
+//! again for a fresh one on each attempt, and gives up at the deadline naming the expiry; the
+//! double refuses an expired token with AKV's own 403 body.
 
 #![allow(clippy::unwrap_used, reason = "a failed step is a failed test")]
 
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use enclaveid_init::evidence::{evidence_for, AttestProvider, EvidenceSource};
+use enclaveid_init::retry::RetryPolicy;
+use enclaveid_init::skr::{self, MaaClient, SkrError, TransferKey};
+use enclaveid_init::vault::akv::{http_client, AkvOptions, AkvVault, SkrSetup};
+use enclaveid_init::vault::VaultError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use support::double::{Double, HeldKey, TestPki};
 use support::{bin, snapshot};
 
 #[derive(Clone, Copy, Debug)]
@@ -224,4 +237,211 @@ async fn a_vault_that_never_answers_is_cut_off_by_the_deadline_then_exits_1() {
         "the cause is not named:\n{stderr}"
     );
     assert_eq!(written, 0, "partial output");
+}
+
+/// A bearer-token source: the double accepts any bearer token (Entra ID is not under test).
+#[derive(Debug)]
+struct StaticToken;
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for StaticToken {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        Ok(azure_core::credentials::AccessToken::new(
+            "test-token",
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+}
+
+/// The attest crate's simulated SNP provider, built once (its RSA-4096 chain takes seconds).
+fn evidence() -> Arc<dyn EvidenceSource> {
+    static PROVIDER: OnceLock<Arc<dyn EvidenceSource>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let built = enclaveid_attest::provider::build(
+                &enclaveid_attest::provider::ProviderConfig::new(
+                    enclaveid_attest::provider::ProviderKind::Simulated,
+                ),
+            )
+            .unwrap();
+            Arc::new(AttestProvider::new(built))
+        })
+        .clone()
+}
+
+/// The double holding a 32-byte oct key, and an `AkvVault` on it with `deadline`.
+async fn double_and_vault(deadline: Duration) -> (Double, AkvVault) {
+    let pki = Arc::new(TestPki::new());
+    let double = Double::start(pki.clone(), HeldKey::Oct((0u8..32).collect())).await;
+    let roots = vec![pki.root_der.clone()];
+    let vault = AkvVault::new(
+        AkvOptions {
+            url: double.base.clone(),
+            key_name: "master".into(),
+            ca_secret_name: "ca".into(),
+            extra_roots: roots.clone(),
+            emulator: true,
+            retry: RetryPolicy {
+                deadline,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(400),
+            },
+        },
+        Arc::new(StaticToken),
+        None,
+        Some(SkrSetup {
+            maa: MaaClient::new(&double.base, http_client(&roots).unwrap()),
+            evidence: evidence(),
+            jws_roots: roots,
+        }),
+    )
+    .unwrap();
+    (double, vault)
+}
+
+fn count(seen: &[String], request: &str) -> usize {
+    seen.iter().filter(|s| s.as_str() == request).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_maa_tokens_are_replaced_by_fresh_attestations_then_the_key_is_released() {
+    let (double, vault) = double_and_vault(Duration::from_mins(1)).await;
+    double.behaviour.lock().unwrap().expired_tokens = 2;
+    let released = tokio::time::timeout(Duration::from_secs(90), vault.release_version("v1"))
+        .await
+        .expect("the release finishes within the retry deadline")
+        .unwrap();
+    assert_eq!(released.expose(), (0u8..32).collect::<Vec<_>>().as_slice());
+    let b = double.behaviour.lock().unwrap();
+    println!("expired then fresh: {:?}", b.seen);
+    // Two expired tokens were declined locally, the third attestation's token was used.
+    assert_eq!(count(&b.seen, "POST /attest/SevSnpVm"), 3, "{:?}", b.seen);
+    assert_eq!(
+        b.expired_refused, 0,
+        "an expired token was presented to AKV"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_expired_maa_tokens_fail_at_the_deadline_naming_the_expiry_exit_1() {
+    let (double, vault) = double_and_vault(Duration::from_secs(3)).await;
+    double.behaviour.lock().unwrap().expired_tokens = u32::MAX;
+    let start = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(90), vault.release_version("v1"))
+        .await
+        .expect("the retry deadline bounds the release")
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    let message = err.to_string();
+    println!("always expired: {elapsed:?}: {message}");
+    let VaultError::GaveUp { attempts, last, .. } = &err else {
+        panic!("not a bounded retry: {err:?}");
+    };
+    let attempts = *attempts;
+    assert!(attempts >= 2, "not retried: {message}");
+    assert!(
+        matches!(**last, VaultError::Skr(SkrError::TokenExpired { .. })),
+        "{message}"
+    );
+    for needle in ["attesting to MAA", "expired 3600 s ago", "gave up after"] {
+        assert!(message.contains(needle), "{needle:?} not in: {message}");
+    }
+    // Bounded: the 3 s deadline plus one attempt in flight, with room for a loaded machine.
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    assert_eq!(enclaveid_init::exit_code(&anyhow::Error::new(err)), 1);
+    let b = double.behaviour.lock().unwrap();
+    assert_eq!(count(&b.seen, "POST /attest/SevSnpVm"), attempts as usize);
+    // Nothing was asked of AKV, so nothing was released (and `proxy` writes only after this).
+    assert!(
+        !b.seen.iter().any(|s| s.ends_with("/release")),
+        "{:?}",
+        b.seen
+    );
+}
+
+/// A token from the double's MAA, fetched over the wire without init's expiry check.
+async fn raw_token(double: &Double, http: &reqwest::Client) -> String {
+    let transfer = TransferKey::generate().unwrap();
+    let runtime = transfer.runtime_data();
+    let snp = evidence_for(evidence(), skr::report_data_for(&runtime))
+        .await
+        .unwrap();
+    let answer = http
+        .post(format!(
+            "{}/attest/SevSnpVm?api-version={}",
+            double.base,
+            skr::MAA_API_VERSION
+        ))
+        .header("content-type", "application/json")
+        .body(skr::maa_request_body(&snp, &runtime, 7))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    answer["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_release_double_refuses_an_expired_token_with_akvs_403() {
+    let pki = Arc::new(TestPki::new());
+    let double = Double::start(pki.clone(), HeldKey::Oct(vec![7; 32])).await;
+    let http = http_client(std::slice::from_ref(&pki.root_der)).unwrap();
+    double.behaviour.lock().unwrap().expired_tokens = 1;
+    let expired = raw_token(&double, &http).await;
+    let fresh = raw_token(&double, &http).await;
+    let claims = |t: &str| -> serde_json::Value {
+        let part = t.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (e, f) = (claims(&expired), claims(&fresh));
+    assert!(e["exp"].as_i64().unwrap() < now, "{e}");
+    assert_eq!(
+        f["exp"].as_i64().unwrap() - f["iat"].as_i64().unwrap(),
+        8 * 3600
+    );
+
+    let release = |token: String| {
+        let http = http.clone();
+        let url = format!("{}/keys/master/v1/release?api-version=7.4", double.base);
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth("test-token")
+                .header("content-type", "application/json")
+                .body(serde_json::json!({"target": token, "enc": skr::RELEASE_ENC}).to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = release(expired).await;
+    assert_eq!(status, 403, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {
+            "code": "Forbidden",
+            "message": "Target environment attestation statement cannot be verified.",
+            "innererror": {"code": "AccessDenied"},
+        }})
+    );
+    // Same key, same evidence, a token in its validity period: released.
+    let (status, body) = release(fresh).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(double.behaviour.lock().unwrap().expired_refused, 1);
 }

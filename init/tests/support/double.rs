@@ -5,11 +5,16 @@
 //!   VcekCertChain}), "runtimeData": {"data", "dataType": "JSON"}, "nonce"}`, checks that the
 //!   report's `report_data` is SHA-256(runtime data) ‖ 0³², and answers `{"token": JWT}`: an
 //!   RS256 JWT signed by a test key, carrying `x-ms-runtime` (the runtime data, with its
-//!   `keys`), `x-ms-attestation-type` and `x-ms-sevsnpvm-hostdata`.
+//!   `keys`), `x-ms-attestation-type` and `x-ms-sevsnpvm-hostdata`, valid for 8 hours from
+//!   `iat` as MAA's are; told to (`Behaviour::expired_tokens`), it issues tokens whose `exp`
+//!   is an hour past, as a token issued 9 hours ago carries.
 //! - `GET /certs` serves that key as a JWKS.
 //! - `POST /keys/{name}/{version}/release?api-version=…` first answers 401 with AKV's bearer
 //!   challenge; with a token, it takes `{"target": JWT, "enc"}`, fetches `/certs` over HTTPS to
-//!   verify the JWT, applies a host-data policy, wraps the held key to the JWK in
+//!   verify the JWT, refuses an expired one as AKV does (403 `Forbidden`, "Target environment
+//!   attestation statement cannot be verified.", inner `AccessDenied`: the body AKV returns for
+//!   an attestation token it cannot accept, as recorded in the Azure SDK for .NET's Key Vault
+//!   tests), applies a host-data policy, wraps the held key to the JWK in
 //!   `x-ms-runtime.keys` (`CKM_RSA_AES_KEY_WRAP`: RSA-OAEP-SHA1 of an AES-256 KEK, then AES-KWP)
 //!   and answers `{"value": JWS}`, an RS256 JWS whose `x5c` chain names `localhost`.
 
@@ -97,6 +102,10 @@ pub enum HeldKey {
 pub struct Behaviour {
     /// Status codes to answer MAA requests with before succeeding (e.g. 503, 429).
     pub maa_failures: VecDeque<u16>,
+    /// How many MAA answers carry an expired token before valid ones (`u32::MAX`: all).
+    pub expired_tokens: u32,
+    /// Release requests refused because their attestation token had expired.
+    pub expired_refused: u32,
     /// If set, the release policy requires this `x-ms-sevsnpvm-hostdata`.
     pub required_host_data: Option<String>,
     /// Sign the release JWS with an unrelated key (signature must fail).
@@ -148,6 +157,8 @@ impl Double {
             .unwrap();
         let behaviour = Arc::new(Mutex::new(Behaviour {
             maa_failures: VecDeque::new(),
+            expired_tokens: 0,
+            expired_refused: 0,
             required_host_data: None,
             wrong_jws_signer: false,
             tamper_payload: false,
@@ -300,9 +311,18 @@ fn maa_attest(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
     let Ok(runtime) = serde_json::from_slice::<serde_json::Value>(&runtime) else {
         return bad("runtimeData is not JSON");
     };
+    let expired = {
+        let mut b = state.behaviour.lock().unwrap();
+        let expired = b.expired_tokens > 0;
+        if expired && b.expired_tokens != u32::MAX {
+            b.expired_tokens -= 1;
+        }
+        expired
+    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let iat = if expired { now - 9 * HOUR } else { now };
     let claims = serde_json::json!({
-        "iss": state.base, "iat": now, "nbf": now, "exp": now + 600,
+        "iss": state.base, "iat": iat, "nbf": iat, "exp": iat + MAA_TOKEN_LIFETIME,
         "x-ms-attestation-type": "sevsnpvm",
         "x-ms-compliance-status": "azure-compliant-uvm",
         "x-ms-sevsnpvm-hostdata": hex::encode(&snp[0xC0..0xE0]),
@@ -314,6 +334,22 @@ fn maa_attest(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
         "jku": format!("{}/certs", state.base)});
     let token = sign_compact(&header, claims.to_string().as_bytes(), &state.maa_key);
     json(StatusCode::OK, &serde_json::json!({ "token": token }))
+}
+
+/// MAA's tokens are valid for 8 hours from `iat`.
+const MAA_TOKEN_LIFETIME: i64 = 8 * HOUR;
+const HOUR: i64 = 3600;
+
+/// AKV's answer to a release whose attestation token it cannot accept (expired included).
+fn attestation_refused() -> Response<Full<Bytes>> {
+    json(
+        StatusCode::FORBIDDEN,
+        &serde_json::json!({"error": {
+            "code": "Forbidden",
+            "message": "Target environment attestation statement cannot be verified.",
+            "innererror": {"code": "AccessDenied"},
+        }}),
+    )
 }
 
 fn sign_compact(header: &serde_json::Value, payload: &[u8], key: &rsa::RsaPrivateKey) -> String {
@@ -400,6 +436,13 @@ async fn release(state: &State, name: &str, version: &str, body: &[u8]) -> Respo
             )
         }
     };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let in_validity = claims["exp"].as_i64().is_some_and(|exp| now < exp)
+        && claims["nbf"].as_i64().is_none_or(|nbf| nbf <= now);
+    if !in_validity {
+        state.behaviour.lock().unwrap().expired_refused += 1;
+        return attestation_refused();
+    }
     let (required, wrong_signer, tamper) = {
         let b = state.behaviour.lock().unwrap();
         (

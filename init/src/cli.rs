@@ -50,10 +50,20 @@ pub struct VaultArgs {
     /// Needed for SKR, and as the release policy's authority.
     #[arg(long, env = "ENCLAVEID_MAA")]
     pub maa: Option<String>,
-    /// SNP evidence provider for SKR: `sev-guest` (Kata confidential pods), `vtpm` (AKS CVM
-    /// nodes) or `simulated` (never accepted by a real MAA).
+    /// Evidence for SKR. `sev-guest`: Kata confidential pods, SNP report with the transfer key
+    /// in `report_data`, MAA `attest/SevSnpVm`. `vtpm`: AKS confidential-VM nodes, the transfer
+    /// key is a TPM key certified by the vTPM's AK, MAA `attest/AzureGuest` (see `--tcti`,
+    /// `--vcek`). `simulated`: development against a test double only.
     #[arg(long, env = "ENCLAVEID_EVIDENCE")]
     pub evidence: Option<String>,
+    /// With `--evidence vtpm`: the tpm2-tss TCTI of the vTPM (`device:/dev/tpmrm0`, or
+    /// `swtpm:host=H,port=P` in tests).
+    #[arg(long, env = "ENCLAVEID_TCTI", default_value = enclaveid_attest::provider::DEFAULT_TCTI)]
+    pub tcti: String,
+    /// With `--evidence vtpm`: where the VCEK chain of the HCL report's SNP report comes from:
+    /// `thim` (Azure's IMDS endpoint), `thim:URL` or `file:PATH` (PEM of VCEK, ASK, ARK).
+    #[arg(long, env = "ENCLAVEID_VCEK", default_value = "thim")]
+    pub vcek: String,
     /// Extra PEM trust anchors for the vault's and MAA's TLS and for the release JWS chain
     /// (emulators and test doubles). Production uses the system roots only.
     #[arg(long, env = "ENCLAVEID_TLS_CA_FILE")]

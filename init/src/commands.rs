@@ -14,11 +14,12 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::cli::{AuthMode, Command, ProxyArgs, SecretsArgs, VaultArgs};
+use crate::evidence_vtpm::{GuestTpm, VtpmOptions};
 use crate::output::{OutputDir, CERT_FILE};
 use crate::policy::{PolicyFlags, ReleasePolicy};
 use crate::retry::RetryPolicy;
 use crate::skr::MaaClient;
-use crate::vault::akv::{AkvOptions, AkvVault, KeySpec, SkrSetup};
+use crate::vault::akv::{AkvOptions, AkvVault, GuestSkr, KeySpec, SkrSetup};
 use crate::vault::dir::DirVault;
 use crate::vault::{Provisioned, Vault, VaultError};
 use crate::ConfigError;
@@ -99,7 +100,12 @@ pub fn open_vault(args: &VaultArgs, create: Option<KeySpec>) -> anyhow::Result<A
         Some(path) => load_roots(path)?,
         None => Vec::new(),
     };
+    let mut guest = None;
     let skr = match (&args.maa, &args.evidence) {
+        (Some(maa), Some(evidence)) if evidence == "vtpm" => {
+            guest = Some(guest_skr(args, maa, &extra_roots)?);
+            None
+        }
         (Some(maa), Some(evidence)) => {
             let http = crate::vault::akv::http_client(&extra_roots)
                 .context("building the MAA HTTP client")?;
@@ -127,9 +133,43 @@ pub fn open_vault(args: &VaultArgs, create: Option<KeySpec>) -> anyhow::Result<A
             ..RetryPolicy::default()
         },
     };
-    let vault = AkvVault::new(options, credential, create, skr)
+    let mut vault = AkvVault::new(options, credential, create, skr)
         .map_err(|e| ConfigError::field("--vault", &args.vault, &e.to_string()))?;
+    if let Some(guest) = guest {
+        vault = vault.with_guest_skr(guest);
+    }
     Ok(AnyVault::Akv(Box::new(vault)))
+}
+
+/// `--evidence vtpm`: the vTPM guest flow (MAA `attest/AzureGuest`, transfer key in the TPM).
+fn guest_skr(
+    args: &VaultArgs,
+    maa: &str,
+    extra_roots: &[CertificateDer<'static>],
+) -> anyhow::Result<GuestSkr> {
+    let vcek = args
+        .vcek
+        .parse()
+        .map_err(|e: enclaveid_attest::provider::vcek::VcekError| {
+            ConfigError::field("--vcek", &args.vcek, &e.to_string())
+        })?;
+    let tpm = GuestTpm::new(&VtpmOptions {
+        tcti: args.tcti.clone(),
+        vcek,
+        ..VtpmOptions::default()
+    })
+    .map_err(|e| ConfigError::field("--tcti", &args.tcti, &e.to_string()))?;
+    let http =
+        crate::vault::akv::http_client(extra_roots).context("building the MAA HTTP client")?;
+    let mut jws_roots = extra_roots.to_vec();
+    if Path::new(SYSTEM_ROOTS).exists() {
+        jws_roots.extend(load_roots(Path::new(SYSTEM_ROOTS))?);
+    }
+    Ok(GuestSkr {
+        maa: MaaClient::new(maa, http),
+        tpm: Arc::new(tpm),
+        jws_roots,
+    })
 }
 
 fn load_roots(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {

@@ -97,9 +97,10 @@ impl EvidenceSource for AttestProvider {
 /// Builds the evidence source named by `--evidence`: `sev-guest` (Kata confidential pods,
 /// `host_data` = the pod policy hash) or `simulated` (development; no real MAA accepts it).
 ///
-/// `vtpm` is refused: on an AKS CVM node the SNP report's `report_data` binds the HCL runtime
-/// claims, not our runtime data, so MAA's `attest/SevSnpVm` cannot carry the transfer key; SKR
-/// there needs MAA's vTPM flow, which this build does not implement.
+/// `vtpm` is not an SNP evidence source: on an AKS CVM node the SNP report's `report_data` binds
+/// the HCL runtime claims, not our runtime data, so MAA's `attest/SevSnpVm` cannot carry the
+/// transfer key. `--evidence vtpm` takes the guest flow instead ([`crate::evidence_vtpm`],
+/// [`crate::skr::guest`]), which `commands::open_vault` sets up before calling this.
 pub fn provider(name: &str) -> Result<Arc<dyn EvidenceSource>, crate::ConfigError> {
     use enclaveid_attest::provider::{build, ProviderConfig, ProviderKind};
     let kind: ProviderKind =
@@ -111,7 +112,7 @@ pub fn provider(name: &str) -> Result<Arc<dyn EvidenceSource>, crate::ConfigErro
         return Err(crate::ConfigError::field(
             "--evidence",
             name,
-            "SKR through attest/SevSnpVm needs report_data under our control: use sev-guest",
+            "not an SNP evidence source (report_data binds the HCL claims); vtpm takes the attest/AzureGuest flow",
         ));
     }
     if kind == ProviderKind::Simulated {

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod commands;
 pub mod evidence;
+pub mod evidence_vtpm;
 pub mod output;
 pub mod policy;
 pub mod retry;

@@ -27,9 +27,11 @@ use zeroize::Zeroizing;
 use crate::evidence::SnpEvidence;
 use crate::retry::Transient;
 
+pub mod guest;
 mod unwrap;
 
 pub use unwrap::unwrap_released_key;
+pub use unwrap::KekDecryptor;
 
 /// The `kid` given to the transfer key in the runtime data.
 pub const TRANSFER_KEY_ID: &str = "enclaveid-transfer-key";

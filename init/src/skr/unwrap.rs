@@ -60,10 +60,38 @@ impl std::fmt::Debug for ReleasedKey {
     }
 }
 
+/// The private half of a transfer key, wherever it lives: in memory ([`TransferKey`]) or inside
+/// a TPM (`skr::guest::TpmTransferKey`). It only ever decrypts the RSA-OAEP block (the KEK).
+pub trait KekDecryptor {
+    /// The RSA modulus length in bytes (the RSA block at the start of the ciphertext).
+    fn modulus_len(&self) -> usize;
+    /// RSA-OAEP-decrypts the KEK block; `enc` names the OAEP hash as AKV does.
+    fn decrypt_kek(&self, enc: &str, block: &[u8]) -> Result<Zeroizing<Vec<u8>>, SkrError>;
+}
+
+impl KekDecryptor for TransferKey {
+    fn modulus_len(&self) -> usize {
+        TransferKey::modulus_len(self)
+    }
+
+    fn decrypt_kek(&self, enc: &str, block: &[u8]) -> Result<Zeroizing<Vec<u8>>, SkrError> {
+        let padding = match enc {
+            "CKM_RSA_AES_KEY_WRAP" => rsa::Oaep::new::<sha1::Sha1>(),
+            "RSA_AES_KEY_WRAP_256" => rsa::Oaep::new::<sha2::Sha256>(),
+            "RSA_AES_KEY_WRAP_384" => rsa::Oaep::new::<sha2::Sha384>(),
+            other => return Err(SkrError::Unwrap(format!("unsupported enc {other:?}"))),
+        };
+        self.private()
+            .decrypt(padding, block)
+            .map(Zeroizing::new)
+            .map_err(|_| SkrError::Unwrap("RSA-OAEP decryption of the KEK failed".into()))
+    }
+}
+
 /// Unwraps `response.key.key.key_hsm` of a verified release payload with the transfer key.
-pub fn unwrap_released_key(
+pub fn unwrap_released_key<K: KekDecryptor + ?Sized>(
     payload: &serde_json::Value,
-    transfer_key: &TransferKey,
+    transfer_key: &K,
 ) -> Result<ReleasedKey, SkrError> {
     let payload: Payload = serde_json::from_value(payload.clone())
         .map_err(|e| SkrError::Malformed(format!("release payload: {e}")))?;
@@ -85,10 +113,10 @@ pub fn unwrap_released_key(
 
 /// `CKM_RSA_AES_KEY_WRAP` unwrap: split at the RSA modulus length, OAEP-decrypt the KEK,
 /// AES-KWP-unwrap the rest.
-pub(crate) fn rsa_aes_key_unwrap(
+pub(crate) fn rsa_aes_key_unwrap<K: KekDecryptor + ?Sized>(
     enc: &str,
     ciphertext: &[u8],
-    transfer_key: &TransferKey,
+    transfer_key: &K,
 ) -> Result<Zeroizing<Vec<u8>>, SkrError> {
     let split = transfer_key.modulus_len();
     if ciphertext.len() <= split + 8 {
@@ -98,18 +126,7 @@ pub(crate) fn rsa_aes_key_unwrap(
         )));
     }
     let (rsa_block, kwp_block) = ciphertext.split_at(split);
-    let padding = match enc {
-        "CKM_RSA_AES_KEY_WRAP" => rsa::Oaep::new::<sha1::Sha1>(),
-        "RSA_AES_KEY_WRAP_256" => rsa::Oaep::new::<sha2::Sha256>(),
-        "RSA_AES_KEY_WRAP_384" => rsa::Oaep::new::<sha2::Sha384>(),
-        other => return Err(SkrError::Unwrap(format!("unsupported enc {other:?}"))),
-    };
-    let kek = Zeroizing::new(
-        transfer_key
-            .private()
-            .decrypt(padding, rsa_block)
-            .map_err(|_| SkrError::Unwrap("RSA-OAEP decryption of the KEK failed".into()))?,
-    );
+    let kek = transfer_key.decrypt_kek(enc, rsa_block)?;
     let mut out = Zeroizing::new(vec![0u8; kwp_block.len()]);
     let len = match kek.len() {
         16 => aes_kw::KwpAes128::new_from_slice(&kek)

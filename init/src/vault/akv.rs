@@ -26,6 +26,10 @@ use crate::policy::ReleasePolicy;
 use crate::retry::{retry, RetryPolicy};
 use crate::skr::{self, MaaClient, TransferKey};
 
+mod guest;
+
+pub use guest::GuestSkr;
+
 /// Default name of the master-secret key.
 pub const DEFAULT_KEY_NAME: &str = "enclaveid-master-secret";
 /// Default name of the secret holding the CA certificate.
@@ -83,6 +87,8 @@ pub struct AkvVault {
     retry: RetryPolicy,
     create: Option<KeySpec>,
     skr: Option<SkrSetup>,
+    /// The vTPM guest flow (`--evidence vtpm`); when set, it is used instead of `skr`.
+    guest: Option<GuestSkr>,
 }
 
 impl std::fmt::Debug for AkvVault {
@@ -169,6 +175,7 @@ impl AkvVault {
             retry: options.retry,
             create,
             skr,
+            guest: None,
         })
     }
 
@@ -256,6 +263,9 @@ impl AkvVault {
     /// Releases `version` of the master-secret key through SKR (what [`Vault::master_secret`]
     /// does after looking up the latest version).
     pub async fn release_version(&self, version: &str) -> Result<MasterSecret, VaultError> {
+        if let Some(guest) = &self.guest {
+            return self.release_guest(guest, version).await;
+        }
         let skr = self.skr.as_ref().ok_or_else(|| VaultError::Invalid {
             vault: self.url.clone(),
             detail: "secure key release is not configured (--maa and --evidence)".into(),
@@ -350,6 +360,16 @@ impl Vault for AkvVault {
     }
 
     async fn master_secret(&self) -> Result<MasterSecret, VaultError> {
+        if self.guest.is_some() {
+            let KeyState { version, .. } =
+                self.key_version()
+                    .await?
+                    .ok_or_else(|| VaultError::NotFound {
+                        vault: self.url.clone(),
+                        what: format!("key {}", self.key_name),
+                    })?;
+            return self.release_version(&version).await;
+        }
         let skr = self.skr.as_ref().ok_or_else(|| VaultError::Invalid {
             vault: self.url.clone(),
             detail: "secure key release is not configured (--maa and an evidence provider)".into(),

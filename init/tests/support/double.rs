@@ -138,11 +138,57 @@ struct State {
     base: String,
     http: reqwest::Client,
     behaviour: Arc<Mutex<Behaviour>>,
+    hook: Option<RouteHook>,
 }
+
+/// A request offered to a [`RouteHook`] before the built-in routes.
+pub struct HookRequest<'a> {
+    /// `POST`, `GET`, …
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The request body.
+    pub body: &'a [u8],
+    /// Signs MAA tokens with the key `/certs` serves (so the release side accepts them).
+    pub signer: MaaSigner<'a>,
+}
+
+/// The double's MAA token signer.
+pub struct MaaSigner<'a> {
+    key: &'a rsa::RsaPrivateKey,
+    base: &'a str,
+}
+
+impl MaaSigner<'_> {
+    /// The issuer (`https://localhost:PORT`).
+    pub fn issuer(&self) -> &str {
+        self.base
+    }
+
+    /// An RS256 JWT over `claims`, with MAA's header (`kid`, `jku` = `/certs`).
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({"alg": "RS256", "kid": "maa-test-key", "typ": "JWT",
+            "jku": format!("{}/certs", self.base)});
+        sign_compact(&header, claims.to_string().as_bytes(), self.key)
+    }
+}
+
+/// Extra routes (another MAA endpoint, e.g. `attest/AzureGuest` in `guest_double.rs`): answers
+/// `Some` to take the request, `None` to leave it to the built-in routes.
+pub type RouteHook = Arc<dyn Fn(&HookRequest<'_>) -> Option<Response<Full<Bytes>>> + Send + Sync>;
 
 impl Double {
     /// Binds `127.0.0.1:0` and serves until dropped.
     pub async fn start(pki: Arc<TestPki>, held: HeldKey) -> Self {
+        Self::start_with_hook(pki, held, None).await
+    }
+
+    /// Like [`Double::start`], with extra routes tried first.
+    pub async fn start_with_hook(
+        pki: Arc<TestPki>,
+        held: HeldKey,
+        hook: Option<RouteHook>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let base = format!("https://localhost:{}", addr.port());
@@ -171,6 +217,7 @@ impl Double {
             base: base.clone(),
             http,
             behaviour: behaviour.clone(),
+            hook,
         });
         let task = tokio::spawn(async move {
             loop {
@@ -229,6 +276,20 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         .push(format!("{method} {path}"));
     let authorized = req.headers().get("authorization").is_some();
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    if let Some(hook) = &state.hook {
+        let request = HookRequest {
+            method: method.as_str(),
+            path: &path,
+            body: &body,
+            signer: MaaSigner {
+                key: &state.maa_key,
+                base: &state.base,
+            },
+        };
+        if let Some(response) = hook(&request) {
+            return response;
+        }
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["attest", "SevSnpVm"]) => maa_attest(state, &body),
@@ -451,8 +512,14 @@ async fn release(state: &State, name: &str, version: &str, body: &[u8]) -> Respo
             b.tamper_payload,
         )
     };
-    if claims["x-ms-attestation-type"] != "sevsnpvm"
-        || required.is_some_and(|r| claims["x-ms-sevsnpvm-hostdata"] != r.as_str())
+    // Guest-attestation (vTPM) tokens carry the SNP claims under `x-ms-isolation-tee`.
+    let tee = if claims["x-ms-isolation-tee"].is_object() {
+        &claims["x-ms-isolation-tee"]
+    } else {
+        &claims
+    };
+    if tee["x-ms-attestation-type"] != "sevsnpvm"
+        || required.is_some_and(|r| tee["x-ms-sevsnpvm-hostdata"] != r.as_str())
     {
         return azure_error(
             StatusCode::FORBIDDEN,

@@ -1,0 +1,139 @@
+//! Secure Key Release on an Azure confidential VM (`--evidence vtpm`): the same AKV release
+//! call as [`super::AkvVault`]'s SNP path, but the transfer key lives in the vTPM and the
+//! attestation is MAA's guest flow (`attest/AzureGuest`, see [`crate::skr::guest`]).
+//!
+//! 1. A fresh 32-byte nonce; the TPM quotes the PCRs and certifies a new transfer key over it.
+//! 2. `POST {maa}/attest/AzureGuest`; the answer is a token encrypted to the TPM key, opened
+//!    inside the TPM (`TPM2_RSA_Decrypt`) and with AES-GCM in memory.
+//! 3. `POST {vault}/keys/{name}/{version}/release` with that token; the release JWS is checked
+//!    as on the SNP path.
+//! 4. `key_hsm`'s RSA-OAEP block is decrypted inside the TPM, the AES key unwrap runs in
+//!    memory; the master secret exists only in memory and is zeroized on drop.
+
+use std::sync::Arc;
+
+use azure_core::http::RequestContent;
+use azure_security_keyvault_keys::models::{
+    KeyClientReleaseOptions, KeyEncryptionAlgorithm, ReleaseParameters,
+};
+use enclaveid_pki::derive::MasterSecret;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use super::AkvVault;
+use crate::evidence::EvidenceError;
+use crate::evidence_vtpm::GuestTpm;
+use crate::retry::retry;
+use crate::skr::guest::{self, OsInfo, TpmTransferKey};
+use crate::skr::{self, MaaClient};
+use crate::vault::VaultError;
+
+/// What SKR needs on a CVM.
+pub struct GuestSkr {
+    /// MAA base URL.
+    pub maa: MaaClient,
+    /// The vTPM.
+    pub tpm: Arc<GuestTpm>,
+    /// Trust anchors for the release JWS's `x5c` chain.
+    pub jws_roots: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for GuestSkr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestSkr")
+            .field("jws_roots", &self.jws_roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn tpm_failed(e: &dyn std::fmt::Display) -> VaultError {
+    VaultError::Evidence(EvidenceError::Provider {
+        provider: "vtpm".into(),
+        detail: e.to_string(),
+    })
+}
+
+fn task_failed(e: &tokio::task::JoinError) -> VaultError {
+    VaultError::Evidence(EvidenceError::Task(e.to_string()))
+}
+
+impl AkvVault {
+    /// Releases through the vTPM guest flow instead of SNP evidence.
+    #[must_use]
+    pub fn with_guest_skr(mut self, guest: GuestSkr) -> Self {
+        self.guest = Some(guest);
+        self
+    }
+
+    pub(super) async fn release_guest(
+        &self,
+        guest: &GuestSkr,
+        version: &str,
+    ) -> Result<MasterSecret, VaultError> {
+        let nonce: [u8; 32] = rand::random();
+        let tpm = guest.tpm.clone();
+        let evidence = tokio::task::spawn_blocking(move || tpm.collect(&nonce))
+            .await
+            .map_err(|e| task_failed(&e))?
+            .map_err(|e| tpm_failed(&e))?;
+        let body = guest::request_body(&guest::attestation_info(
+            &evidence,
+            &nonce,
+            &OsInfo::detect(),
+        ));
+        let sealed = retry(self.retry, "attesting to MAA (AzureGuest)", || {
+            guest.maa.attest_azure_guest(&body)
+        })
+        .await?;
+        let (tpm, key) = (guest.tpm.clone(), evidence.key.clone());
+        let token = tokio::task::spawn_blocking(move || guest::open_token(&sealed, &tpm, &key))
+            .await
+            .map_err(|e| task_failed(&e))??;
+        let jws = self.release_with_token(&token, version).await?;
+        let payload = skr::verify_release_jws(&jws, &guest.jws_roots, &self.host, UnixTime::now())?;
+        let transfer_key = TpmTransferKey {
+            tpm: guest.tpm.clone(),
+            key: evidence.key,
+        };
+        let released =
+            tokio::task::spawn_blocking(move || skr::unwrap_released_key(&payload, &transfer_key))
+                .await
+                .map_err(|e| task_failed(&e))??;
+        Ok(skr::master_secret_from_release(
+            &released.kty,
+            &released.plaintext,
+        )?)
+    }
+
+    /// `POST {vault}/keys/{name}/{version}/release` with `token`, `CKM_RSA_AES_KEY_WRAP`,
+    /// retried under the deadline; returns the response JWS.
+    async fn release_with_token(&self, token: &str, version: &str) -> Result<String, VaultError> {
+        let what = format!("releasing key {}/{version}", self.key_name);
+        retry(self.retry, &what, || async {
+            let params = ReleaseParameters {
+                target_attestation_token: Some(token.to_owned()),
+                algorithm: Some(KeyEncryptionAlgorithm::CkmRsaAesKeyWrap),
+                nonce: None,
+            };
+            let body: RequestContent<ReleaseParameters> = params
+                .try_into()
+                .map_err(|e: azure_core::Error| self.map_err(&e))?;
+            let options = KeyClientReleaseOptions {
+                key_version: Some(version.to_owned()),
+                ..KeyClientReleaseOptions::default()
+            };
+            let result = self
+                .keys
+                .release(&self.key_name, body, Some(options))
+                .await
+                .map_err(|e| self.map_err(&e))?
+                .into_model()
+                .map_err(|e| self.map_err(&e))?;
+            result.value.ok_or_else(|| VaultError::Invalid {
+                vault: self.url.clone(),
+                detail: "release response has no value".into(),
+            })
+        })
+        .await
+        .map_err(Into::into)
+    }
+}

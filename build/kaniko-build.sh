@@ -11,7 +11,8 @@
 #                     cluster builds exactly the committed tree (commit and push first)
 #   BUILD_NAMESPACE   namespace for the Job (default enclaveid-build)
 #   REGISTRY_SECRET   dockerconfigjson Secret with push rights (default registry-push)
-#   KANIKO_IMAGE      default: the pinned osscontainertools/kaniko executor
+#   KANIKO_IMAGE      default: the osscontainertools/kaniko executor pinned in
+#                     build/base-images.env (which also gives RUST_IMAGE and RUNTIME_IMAGE)
 #   SOURCE_DATE_EPOCH default: the commit time of HEAD
 #   PIN               1: update helm/images.yaml (default); 0: only print
 set -euo pipefail
@@ -27,7 +28,17 @@ repository="${destination%:*}"
 export NAME="$name" DESTINATION="$destination" DOCKERFILE="$name/Dockerfile"
 export BUILD_NAMESPACE="${BUILD_NAMESPACE:-enclaveid-build}"
 export REGISTRY_SECRET="${REGISTRY_SECRET:-registry-push}"
-export KANIKO_IMAGE="${KANIKO_IMAGE:-ghcr.io/osscontainertools/kaniko:v1.28.2@sha256:4ea0e7301e3f6806de15150e4982c73018351e28c1dca6947bd3b4afb5ae3c60}"
+# The base images and the executor, by digest, from the one pinned file (KEY=VALUE lines).
+pin() {
+  local value
+  value="$(sed -n "s/^$1=//p" build/base-images.env)"
+  [[ "$value" =~ @sha256:[0-9a-f]{64}$ ]] || { echo "error: build/base-images.env: $1 is not pinned by digest ('$value')" >&2; exit 2; }
+  printf '%s' "$value"
+}
+RUST_IMAGE="$(pin RUST_IMAGE)"
+RUNTIME_IMAGE="$(pin RUNTIME_IMAGE)"
+KANIKO_IMAGE="${KANIKO_IMAGE:-$(pin KANIKO_IMAGE)}"
+export RUST_IMAGE RUNTIME_IMAGE KANIKO_IMAGE
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}"
 if [ -z "${CONTEXT:-}" ]; then
   origin="$(git remote get-url origin 2>/dev/null || true)"

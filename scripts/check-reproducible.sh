@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the release binaries twice, from two fresh clones of HEAD at different paths with
 # separate target directories, and compares their SHA-256. Exit 0 only if every binary is
-# bit-for-bit identical. The flags are the Dockerfiles' (build paths remapped out of the
-# binaries, SOURCE_DATE_EPOCH from the commit, no incremental state); the base-image side of
-# reproducibility is checked by `make verify-images`.
+# bit-for-bit identical. Each build runs build/release-build.sh, the recipe of the Dockerfiles'
+# build stage (build paths remapped out of the binaries, SOURCE_DATE_EPOCH from the commit, no
+# incremental state); the base-image side of reproducibility is checked by `make verify-images`.
 #
 #   scripts/check-reproducible.sh [--keep]      (WORK=/some/dir to choose the scratch dir)
 #
@@ -16,7 +16,6 @@ keep="${1:-}"
 bins=(enclaveid-proxy enclaveid-init enclaveid-attest)
 commit="$(git -C "$root" rev-parse HEAD)"
 export SOURCE_DATE_EPOCH="$(git -C "$root" log -1 --format=%ct)"
-export CARGO_INCREMENTAL=0 CARGO_TERM_COLOR=never TZ=UTC LC_ALL=C.UTF-8
 
 # Two different depths and names, so any leaked path would differ between the builds.
 src_a="$work/a/src"
@@ -30,16 +29,16 @@ build() { # SRC TARGET LOG
   local src="$1" target="$2" log="$3"
   git clone --quiet --no-local "$root" "$src"
   git -C "$src" checkout --quiet "$commit"
-  local pkgs=()
-  for b in "${bins[@]}"; do pkgs+=(-p "$b"); done
   (
     cd "$src"
     export CARGO_TARGET_DIR="$target"
-    export RUSTFLAGS="--remap-path-prefix=$src=/enclaveid --remap-path-prefix=$target=/target --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
-    export CFLAGS="-ffile-prefix-map=$src=/enclaveid -ffile-prefix-map=$target=/target -ffile-prefix-map=${CARGO_HOME:-$HOME/.cargo}=/cargo"
-    /usr/bin/time -f "%e s elapsed, %M KiB max RSS" cargo build --locked --release "${pkgs[@]}"
+    # The images' recipe, one crate per cargo run as in each Dockerfile (a single
+    # `cargo build -p a -p b -p c` would unify features across the three binaries).
+    for b in "${bins[@]}"; do
+      /usr/bin/time -f "$b: %e s elapsed, %M KiB max RSS" bash "$src/build/release-build.sh" build "$b" "$target/out"
+    done
   ) >"$log" 2>&1 || { tail -n 30 "$log" >&2; echo "error: build in $src failed (log: $log)" >&2; exit 1; }
-  tail -n 1 "$log"
+  grep -E '^enclaveid-[a-z]+: [0-9.]+ s elapsed' "$log"
 }
 
 echo "commit $commit, SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH, rustc $(rustc --version | cut -d' ' -f2)"
@@ -51,17 +50,17 @@ build "$src_b" "$target_b" "$work/build-b.log"
 status=0
 printf '%-20s %-64s %-64s %s\n' binary "sha256 (A)" "sha256 (B)" result
 for b in "${bins[@]}"; do
-  a="$(sha256sum "$target_a/release/$b" | cut -d' ' -f1)"
-  bsum="$(sha256sum "$target_b/release/$b" | cut -d' ' -f1)"
+  a="$(sha256sum "$target_a/out/$b" | cut -d' ' -f1)"
+  bsum="$(sha256sum "$target_b/out/$b" | cut -d' ' -f1)"
   if [ "$a" = "$bsum" ]; then result=identical; else result=DIFFERENT; status=1; fi
   printf '%-20s %-64s %-64s %s\n' "$b" "$a" "$bsum" "$result"
   if [ "$result" = DIFFERENT ]; then
-    echo "  $(cmp -l "$target_a/release/$b" "$target_b/release/$b" | wc -l) bytes differ;" \
-         "leaked paths: $(grep -c -a -e "$work" "$target_a/release/$b" || true)" >&2
+    echo "  $(cmp -l "$target_a/out/$b" "$target_b/out/$b" | wc -l) bytes differ;" \
+         "leaked paths: $(grep -c -a -e "$work" "$target_a/out/$b" || true)" >&2
   fi
 done
 for b in "${bins[@]}"; do
-  if grep -q -a -e "$work" "$target_a/release/$b"; then
+  if grep -q -a -e "$work" "$target_a/out/$b"; then
     echo "warning: $b contains the build path $work" >&2; status=1
   fi
 done

@@ -3,6 +3,7 @@ token automount, and values.schema.json covering every value.
 """
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -180,3 +181,26 @@ def test_schema_covers_every_value_and_admits_no_unknown_key():
 def test_new_values_fail_naming_the_field(helm, args, field):
     err = helm_template(helm, args, expect_ok=False).stderr
     assert field in err, f"error does not name {field}:\n{err}"
+
+
+def test_tpm_device_plugin_addon_matches_the_chart(kubernetes_validate):
+    """helm/addons/tpm-device-plugin.yaml advertises what the aks pod requests, on the same pool."""
+    path = CHART.parent / "addons" / "tpm-device-plugin.yaml"
+    check = subprocess.run(kubernetes_validate + ["--strict", "-k", KUBE_VERSION, str(path)], capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    ds = yaml.safe_load(path.read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == values["aks"]["nodeSelector"]
+    assert spec["tolerations"] == values["aks"]["tolerations"]
+    [container] = spec["containers"]
+    assert re.search(r"@sha256:[0-9a-f]{64}$", container["image"])
+    args = container["args"]
+    domain = next(a.split("=", 1)[1] for a in args if a.startswith("--domain="))
+    device = json.loads(args[args.index("--device") + 1])
+    assert f"{domain}/{device['name']}" == values["aks"]["vtpm"]["resourceName"]
+    [group] = device["groups"]
+    assert [p["path"] for p in group["paths"]] == [values["aks"]["vtpm"]["tcti"].split(":", 1)[1]]
+    assert group["count"] >= 2, "one workload pod holds two units (renew and attest)"
+    assert ds["metadata"]["namespace"] == "kube-system", "the one privileged piece stays out of workload namespaces"

@@ -97,11 +97,17 @@ pub struct SecretsArgs {
     #[command(flatten)]
     pub vault: VaultArgs,
     /// Release policy JSON file (AKV format). Otherwise it is built from the flags below.
-    #[arg(long, env = "ENCLAVEID_RELEASE_POLICY", conflicts_with_all = ["host_data", "compliance_status"])]
+    #[arg(long, env = "ENCLAVEID_RELEASE_POLICY", conflicts_with_all = ["host_data", "compliance_status", "cvm_policy"])]
     pub release_policy: Option<PathBuf>,
     /// Pod policy hash required as `x-ms-sevsnpvm-hostdata` (64 hex characters).
     #[arg(long, env = "ENCLAVEID_HOST_DATA")]
     pub host_data: Option<String>,
+    /// Build the AKS confidential-VM policy instead (pods on CVM nodes, `--evidence vtpm`):
+    /// `x-ms-isolation-tee.x-ms-attestation-type` = `sevsnpvm` and
+    /// `x-ms-isolation-tee.x-ms-compliance-status` = `--compliance-status` (default
+    /// `azure-compliant-cvm`), authority `--maa`.
+    #[arg(long, env = "ENCLAVEID_CVM_POLICY", conflicts_with = "host_data")]
+    pub cvm_policy: bool,
     /// Required `x-ms-compliance-status`, e.g. `azure-compliant-uvm`.
     #[arg(long, env = "ENCLAVEID_COMPLIANCE_STATUS")]
     pub compliance_status: Option<String>,

@@ -229,6 +229,12 @@ pub async fn secrets(args: &SecretsArgs) -> anyhow::Result<()> {
     let create = if akv {
         let policy = match (&args.release_policy, &args.host_data) {
             (Some(path), _) => ReleasePolicy::from_file(path)?,
+            (None, None) if args.cvm_policy => {
+                let authority = args.vault.maa.as_deref().ok_or_else(|| {
+                    ConfigError::field("--maa", "", "required to build the release policy")
+                })?;
+                ReleasePolicy::for_cvm(authority, args.compliance_status.as_deref())?
+            }
             (None, Some(host_data)) => {
                 let authority = args.vault.maa.clone().ok_or_else(|| {
                     ConfigError::field("--maa", "", "required to build the release policy")
@@ -243,7 +249,7 @@ pub async fn secrets(args: &SecretsArgs) -> anyhow::Result<()> {
                 return Err(ConfigError::field(
                     "--release-policy",
                     "",
-                    "give a policy file, or --host-data (and --maa) to build one",
+                    "give a policy file, or --host-data (SNP pods) or --cvm-policy (CVM nodes) and --maa to build one",
                 )
                 .into())
             }

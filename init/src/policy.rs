@@ -137,12 +137,47 @@ impl ReleasePolicy {
         })
     }
 
+    /// Builds the AKS confidential-VM policy (MAA guest attestation, `attest/AzureGuest`): the
+    /// SNP claims sit under `x-ms-isolation-tee`; attestation type `sevsnpvm` and the compliance
+    /// status (default `azure-compliant-cvm`, Azure's CVM SKR policy). There is no per-pod
+    /// `host_data` on a CVM node: the key is released to any compliant CVM this authority
+    /// attests, so keep the vault's access policy (the workload identity) narrow.
+    pub fn for_cvm(authority: &str, compliance_status: Option<&str>) -> Result<Self, PolicyError> {
+        if !authority.starts_with("https://") {
+            return Err(PolicyError::Field {
+                field: "--maa",
+                value: authority.to_owned(),
+                reason: "the attestation authority must be an https URL",
+            });
+        }
+        let all_of = vec![
+            claim(
+                "x-ms-isolation-tee.x-ms-attestation-type",
+                "sevsnpvm".into(),
+            ),
+            claim(
+                "x-ms-isolation-tee.x-ms-compliance-status",
+                compliance_status.unwrap_or(CVM_COMPLIANCE_STATUS).into(),
+            ),
+        ];
+        Ok(Self {
+            version: "1.0.0".into(),
+            any_of: vec![AuthorityClaims {
+                authority: authority.trim_end_matches('/').to_owned(),
+                all_of,
+            }],
+        })
+    }
+
     /// The JSON bytes stored as the key's release policy.
     #[must_use]
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a policy of strings and booleans always serialises")
     }
 }
+
+/// MAA's compliance status of an Azure confidential VM.
+pub const CVM_COMPLIANCE_STATUS: &str = "azure-compliant-cvm";
 
 fn claim(name: &str, equals: serde_json::Value) -> ClaimEquals {
     ClaimEquals {
@@ -176,6 +211,21 @@ mod tests {
         assert_eq!(claims[1]["equals"], "ab".repeat(32));
         assert_eq!(claims[2]["claim"], "x-ms-compliance-status");
         assert_eq!(claims[3]["equals"], false);
+    }
+
+    #[test]
+    fn the_cvm_policy_reads_the_isolation_tee_claims() {
+        let p = ReleasePolicy::for_cvm("https://maa.example/", None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
+        assert_eq!(v["anyOf"][0]["authority"], "https://maa.example");
+        let claims = &v["anyOf"][0]["allOf"];
+        assert_eq!(
+            claims[0]["claim"],
+            "x-ms-isolation-tee.x-ms-attestation-type"
+        );
+        assert_eq!(claims[0]["equals"], "sevsnpvm");
+        assert_eq!(claims[1]["equals"], "azure-compliant-cvm");
+        assert!(ReleasePolicy::for_cvm("http://maa", None).is_err());
     }
 
     #[test]

@@ -216,18 +216,28 @@ fn configuration_errors_exit_2_and_write_nothing() {
     }
     let res = run(bin().args(["proxy", "--no-such-flag"]));
     assert_eq!(res.status.code(), Some(2));
-    // akv: secrets without a release policy; an evidence provider SKR cannot use.
+    // akv: secrets without a release policy; an unknown evidence provider; a vTPM TCTI that
+    // tpm2-tss cannot load.
     let res = run(bin().args(["secrets", "--vault", "akv:https://127.0.0.1:9"]));
     assert_eq!(res.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&res.stderr).contains("--release-policy"));
-    let mut args = proxy_args(vault.path(), out.path());
-    args[2] = "akv:https://127.0.0.1:9".into();
-    args.extend(["--maa".into(), "https://127.0.0.1:9".into()]);
-    args.extend(["--evidence".into(), "vtpm".into()]);
-    let res = run(bin().args(&args));
-    assert_eq!(res.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&res.stderr).contains("--evidence"));
-    assert!(snapshot(out.path()).is_empty());
+    for (evidence, tcti, named) in [
+        ("tdx", "device:/dev/tpmrm0", "--evidence"),
+        ("vtpm", "bogus:x", "--tcti"),
+    ] {
+        let mut args = proxy_args(vault.path(), out.path());
+        args[2] = "akv:https://127.0.0.1:9".into();
+        args.extend(["--maa".into(), "https://127.0.0.1:9".into()]);
+        args.extend(["--evidence".into(), evidence.into()]);
+        args.extend(["--tcti".into(), tcti.into()]);
+        let res = run(bin().args(&args));
+        assert_eq!(res.status.code(), Some(2), "--evidence {evidence}");
+        assert!(
+            String::from_utf8_lossy(&res.stderr).contains(named),
+            "{named}"
+        );
+        assert!(snapshot(out.path()).is_empty());
+    }
 
     // A vault without a secret is a runtime failure, not a usage error.
     let empty = disk_tempdir();

@@ -276,6 +276,40 @@ async fn an_ak_that_is_not_the_hcl_ak_is_refused() {
     assert_eq!(guest.log.lock().unwrap().refusals.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_never_presented_and_a_fresh_one_is_fetched() {
+    if !tools_present() {
+        return;
+    }
+    let (pki, double, guest) = start_double(HeldKey::Oct(vec![3; 32])).await;
+    let rig = tokio::task::spawn_blocking(|| rig(None)).await.unwrap();
+    let vault = guest_vault(&double, &pki, rig.guest_tpm());
+
+    // One expired token: the next attempt attests again (new nonce, new key) and succeeds.
+    guest.log.lock().unwrap().expired_tokens = 1;
+    let released = release(&vault).await.unwrap();
+    assert_eq!(released.expose(), &[3; 32]);
+    assert_eq!(guest.log.lock().unwrap().nonces.len(), 2);
+    assert_eq!(double.behaviour.lock().unwrap().expired_refused, 0);
+
+    // Only expired tokens: bounded by the retry deadline, then an error naming the expiry,
+    // and AKV never saw one.
+    guest.log.lock().unwrap().expired_tokens = u32::MAX;
+    let mut short = options(&double, &pki);
+    short.retry.deadline = Duration::from_secs(3);
+    let vault = AkvVault::new(short, Arc::new(StaticToken), None, None)
+        .unwrap()
+        .with_guest_skr(GuestSkr {
+            maa: maa(&double, &pki),
+            tpm: rig.guest_tpm(),
+            jws_roots: vec![pki.root_der.clone()],
+        });
+    let err = release(&vault).await.unwrap_err();
+    assert!(matches!(err, VaultError::GaveUp { .. }), "{err}");
+    assert!(err.to_string().contains("exp"), "{err}");
+    assert_eq!(double.behaviour.lock().unwrap().expired_refused, 0);
+}
+
 /// Evidence for `nonce` as the request's JSON, for the wire-level refusals.
 fn info_for(tpm: &GuestTpm, nonce: &[u8; 32]) -> serde_json::Value {
     let evidence = tpm.collect(nonce).unwrap();

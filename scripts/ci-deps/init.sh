@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# init tests: Lowkey Vault (an Azure Key Vault emulator, a Spring Boot jar on Maven Central)
-# run on the Temurin 25 JDK, and openssl to build its PKCS#12 keystore. Idempotent.
+# init tests: swtpm + tpm2-tools + libtss2-dev (vTPM SKR), Lowkey Vault (an Azure Key Vault
+# emulator, a Spring Boot jar on Maven Central) run on the Temurin 25 JDK, and openssl to build
+# its PKCS#12 keystore. Idempotent.
 #
 # The tests find the jar through $LOWKEY_VAULT_JAR or at the ~/.m2 path below.
 set -euo pipefail
@@ -12,6 +13,16 @@ JAR="$DIR/$LOWKEY_VERSION/lowkey-vault-app-$LOWKEY_VERSION.jar"
 UNAVAILABLE="$DIR/$LOWKEY_VERSION.unavailable"
 
 command -v openssl >/dev/null || $SUDO apt-get install -y -qq --no-install-recommends openssl >/dev/null
+# tests/skr_vtpm.rs (--evidence vtpm): a real software TPM (swtpm) provisioned with tpm2-tools,
+# and libtss2-dev for tss-esapi (the TPM transfer key).
+vtpm=()
+command -v swtpm >/dev/null || vtpm+=(swtpm)
+command -v swtpm_setup >/dev/null || vtpm+=(swtpm-tools)
+command -v tpm2_createprimary >/dev/null || vtpm+=(tpm2-tools)
+dpkg -s libtss2-dev >/dev/null 2>&1 || vtpm+=(libtss2-dev)
+if [ "${#vtpm[@]}" -gt 0 ]; then
+  $SUDO apt-get install -y -qq --no-install-recommends "${vtpm[@]}" >/dev/null
+fi
 command -v mvn >/dev/null || $SUDO apt-get install -y -qq --no-install-recommends maven >/dev/null
 
 if [ ! -x /usr/lib/jvm/temurin-25-jdk-amd64/bin/java ]; then

@@ -135,12 +135,18 @@ struct TokenResponse {
 }
 
 impl MaaClient {
-    /// Sends guest evidence; returns MAA's token as sent (still encrypted to the TPM key).
-    pub async fn attest_azure_guest(&self, body: &[u8]) -> Result<Zeroizing<String>, SkrError> {
-        let url = format!(
+    /// `{maa}/attest/AzureGuest?api-version=2020-10-01`.
+    #[must_use]
+    pub fn azure_guest_url(&self) -> String {
+        format!(
             "{}/attest/AzureGuest?api-version={GUEST_API_VERSION}",
             self.base
-        );
+        )
+    }
+
+    /// Sends guest evidence; returns MAA's token as sent (still encrypted to the TPM key).
+    pub async fn attest_azure_guest(&self, body: &[u8]) -> Result<Zeroizing<String>, SkrError> {
+        let url = self.azure_guest_url();
         let unavailable = |e: &reqwest::Error| SkrError::MaaUnavailable {
             url: url.clone(),
             detail: error_chain(e),

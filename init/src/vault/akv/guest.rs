@@ -11,6 +11,7 @@
 //!    memory; the master secret exists only in memory and is zeroized on drop.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use azure_core::http::RequestContent;
 use azure_security_keyvault_keys::models::{
@@ -18,10 +19,11 @@ use azure_security_keyvault_keys::models::{
 };
 use enclaveid_pki::derive::MasterSecret;
 use rustls_pki_types::{CertificateDer, UnixTime};
+use zeroize::Zeroizing;
 
 use super::AkvVault;
 use crate::evidence::EvidenceError;
-use crate::evidence_vtpm::GuestTpm;
+use crate::evidence_vtpm::{GuestTpm, TpmKeyRef};
 use crate::retry::retry;
 use crate::skr::guest::{self, OsInfo, TpmTransferKey};
 use crate::skr::{self, MaaClient};
@@ -69,6 +71,34 @@ impl AkvVault {
         guest: &GuestSkr,
         version: &str,
     ) -> Result<MasterSecret, VaultError> {
+        // Each attempt attests afresh (new nonce, new transfer key): a nonce is single-use, and a
+        // token that arrives expired (or too close to it) is transient, as on the SNP path.
+        let (token, key) = retry(self.retry, "attesting to MAA (AzureGuest)", || {
+            self.attest_guest(guest)
+        })
+        .await?;
+        let jws = self.release_with_token(&token, version).await?;
+        let payload = skr::verify_release_jws(&jws, &guest.jws_roots, &self.host, UnixTime::now())?;
+        let transfer_key = TpmTransferKey {
+            tpm: guest.tpm.clone(),
+            key,
+        };
+        let released =
+            tokio::task::spawn_blocking(move || skr::unwrap_released_key(&payload, &transfer_key))
+                .await
+                .map_err(|e| task_failed(&e))??;
+        Ok(skr::master_secret_from_release(
+            &released.kty,
+            &released.plaintext,
+        )?)
+    }
+
+    /// One attestation: evidence over a fresh nonce, `attest/AzureGuest`, the token opened in
+    /// the TPM and checked for enough remaining validity. Returns the token and its TPM key.
+    async fn attest_guest(
+        &self,
+        guest: &GuestSkr,
+    ) -> Result<(Zeroizing<String>, TpmKeyRef), VaultError> {
         let nonce: [u8; 32] = rand::random();
         let tpm = guest.tpm.clone();
         let evidence = tokio::task::spawn_blocking(move || tpm.collect(&nonce))
@@ -80,28 +110,13 @@ impl AkvVault {
             &nonce,
             &OsInfo::detect(),
         ));
-        let sealed = retry(self.retry, "attesting to MAA (AzureGuest)", || {
-            guest.maa.attest_azure_guest(&body)
-        })
-        .await?;
+        let sealed = guest.maa.attest_azure_guest(&body).await?;
         let (tpm, key) = (guest.tpm.clone(), evidence.key.clone());
         let token = tokio::task::spawn_blocking(move || guest::open_token(&sealed, &tpm, &key))
             .await
             .map_err(|e| task_failed(&e))??;
-        let jws = self.release_with_token(&token, version).await?;
-        let payload = skr::verify_release_jws(&jws, &guest.jws_roots, &self.host, UnixTime::now())?;
-        let transfer_key = TpmTransferKey {
-            tpm: guest.tpm.clone(),
-            key: evidence.key,
-        };
-        let released =
-            tokio::task::spawn_blocking(move || skr::unwrap_released_key(&payload, &transfer_key))
-                .await
-                .map_err(|e| task_failed(&e))??;
-        Ok(skr::master_secret_from_release(
-            &released.kty,
-            &released.plaintext,
-        )?)
+        skr::check_token_fresh(&guest.maa.azure_guest_url(), &token, SystemTime::now())?;
+        Ok((token, evidence.key))
     }
 
     /// `POST {vault}/keys/{name}/{version}/release` with `token`, `CKM_RSA_AES_KEY_WRAP`,

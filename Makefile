@@ -15,10 +15,12 @@ demo:
 #                                          from helm/images.yaml (the one pinned file)
 #   make verify-images                     pull, rebuild, compare file by file
 #   make check-reproducible                build the release binaries twice and compare
+#   make check-base-images                 every FROM and the Kaniko image by digest, from
+#                                          build/base-images.env (the base-image pin file)
 #   make diagrams                          docs/diagrams/*.dot -> docs/*.svg
 .DEFAULT_GOAL := images
 IMAGES := $(patsubst %/Dockerfile,%,$(wildcard */Dockerfile))
-.PHONY: images helm-chart verify-images check-reproducible diagrams $(addprefix image-,$(IMAGES))
+.PHONY: images helm-chart verify-images check-reproducible check-base-images diagrams $(addprefix image-,$(IMAGES))
 HELM ?= $(shell command -v helm 2>/dev/null || echo "$$(go env GOPATH)/bin/helm")
 KUBE_VERSION ?= 1.37.0
 RELEASE ?= enclaveid
@@ -49,6 +51,9 @@ verify-images:
 
 check-reproducible:
 	bash scripts/check-reproducible.sh
+
+check-base-images:
+	python3 scripts/check-base-images.py
 
 diagrams:
 	for f in docs/diagrams/*.dot; do dot -Tsvg "$$f" -o "docs/$$(basename "$${f%.dot}").svg"; done

@@ -31,6 +31,14 @@ pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_WORKERS: usize = 1;
 /// Default poll interval for certificate file changes, ms.
 pub const DEFAULT_RELOAD_INTERVAL_MS: u64 = 1_000;
+/// Default lifetime of a resolved outbound upstream name, ms (Envoy's DNS refresh default).
+pub const DEFAULT_DNS_CACHE_TTL_MS: u64 = 5_000;
+/// Longest accepted `dns.cache_ttl_ms`: a longer cache would outlive a rescheduled peer pod.
+pub const MAX_DNS_CACHE_TTL_MS: u64 = 300_000;
+/// Default cap on cached names.
+pub const DEFAULT_DNS_CACHE_MAX_ENTRIES: usize = 256;
+/// Largest accepted `dns.cache_max_entries`.
+pub const MAX_DNS_CACHE_MAX_ENTRIES: usize = 65_536;
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +224,8 @@ struct RawConfig {
     drain_timeout_ms: Option<u64>,
     workers: Option<usize>,
     #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
     inbound: Vec<RawInbound>,
     #[serde(default)]
     outbound: Vec<RawOutbound>,
@@ -225,6 +235,13 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    cache_ttl_ms: Option<u64>,
+    cache_max_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,10 +317,22 @@ pub struct Config {
     /// Data-path threads: 1 (default) = a single-threaded runtime, n = n threads, 0 = one per
     /// CPU (or `TOKIO_WORKER_THREADS`).
     pub workers: usize,
+    /// Resolution of outbound upstream names.
+    pub dns: Dns,
     /// mTLS in, plaintext to the app.
     pub inbound: Vec<Inbound>,
     /// Plaintext from the app, mTLS out.
     pub outbound: Vec<Outbound>,
+}
+
+/// The cache of resolved outbound upstream names (IP literals are never looked up).
+#[derive(Clone, Debug, Serialize)]
+pub struct Dns {
+    /// How long a successful lookup is reused; zero resolves at every connect.
+    #[serde(rename = "cache_ttl_ms", serialize_with = "ms")]
+    pub cache_ttl: Duration,
+    /// Most names held; the entry closest to expiry makes room.
+    pub cache_max_entries: usize,
 }
 
 /// The admin listener.
@@ -444,6 +473,7 @@ impl Config {
                 raw.drain_timeout_ms.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS),
             ),
             workers: raw.workers.unwrap_or(DEFAULT_WORKERS),
+            dns: dns(&raw.dns)?,
             inbound,
             outbound,
         };
@@ -500,6 +530,31 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn dns(raw: &RawDns) -> Result<Dns, ConfigError> {
+    let ttl = raw.cache_ttl_ms.unwrap_or(DEFAULT_DNS_CACHE_TTL_MS);
+    if ttl > MAX_DNS_CACHE_TTL_MS {
+        return Err(ConfigError::field(
+            "dns.cache_ttl_ms",
+            ttl,
+            format!("at most {MAX_DNS_CACHE_TTL_MS} (5 min): a longer cache would keep dialling a peer that moved; 0 turns the cache off"),
+        ));
+    }
+    let max = raw
+        .cache_max_entries
+        .unwrap_or(DEFAULT_DNS_CACHE_MAX_ENTRIES);
+    if !(1..=MAX_DNS_CACHE_MAX_ENTRIES).contains(&max) {
+        return Err(ConfigError::field(
+            "dns.cache_max_entries",
+            max,
+            format!("must be between 1 and {MAX_DNS_CACHE_MAX_ENTRIES}"),
+        ));
+    }
+    Ok(Dns {
+        cache_ttl: Duration::from_millis(ttl),
+        cache_max_entries: max,
+    })
 }
 
 fn tls(raw: RawTls) -> Result<Tls, ConfigError> {

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::config::{AppProtocol, Inbound, Limits, Outbound};
 use crate::listener::{Kind, Listener};
-use crate::mesh::MeshConnector;
+use crate::mesh::{DnsCache, MeshConnector, Mode};
 use crate::metrics::ListenerMetrics;
 use crate::tls_state::TlsState;
 use crate::Shared;
@@ -74,10 +74,14 @@ impl AppClients {
     }
 }
 
-/// Pooled mTLS clients from an outbound listener to the peer sidecar.
+/// Pooled mTLS clients from an outbound listener to the peer sidecar: HTTP/2-only for a peer
+/// that negotiates h2 by ALPN (one multiplexed connection), HTTP/1.1 for any other, and an
+/// HTTP/1.1-only hop for `Upgrade` requests.
 pub(crate) struct PeerClients {
-    mesh: Client<MeshConnector, Incoming>,
-    mesh_h1: Client<MeshConnector, Incoming>,
+    mesh_h2: Client<MeshConnector, Incoming>,
+    mesh_http1: Client<MeshConnector, Incoming>,
+    mesh_upgrade: Client<MeshConnector, Incoming>,
+    learn: MeshConnector,
     authority: Authority,
     server: auto::Builder<TokioExecutor>,
 }
@@ -87,19 +91,35 @@ impl PeerClients {
     pub(crate) fn new(
         config: &Outbound,
         tls: Arc<TlsState>,
+        dns: Arc<DnsCache>,
         metrics: ListenerMetrics,
     ) -> Result<Self, http::Error> {
-        let connector = MeshConnector::new(config, tls, metrics, false);
+        let learn = MeshConnector::new(config, tls, dns, metrics);
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.limits.idle_timeout);
-        let mesh = b.build(connector.clone());
-        let mesh_h1 = b.build(connector.http1_only());
+        let mesh_http1 = b.build(learn.clone());
+        let mesh_upgrade = b.build(learn.clone().with_mode(Mode::Http1));
+        let mesh_h2 = b.http2_only(true).build(learn.clone().with_mode(Mode::H2));
         Ok(Self {
-            mesh,
-            mesh_h1,
+            mesh_h2,
+            mesh_http1,
+            mesh_upgrade,
+            learn,
             authority: config.upstream.to_string().parse()?,
             server: server(&config.limits),
+        })
+    }
+
+    /// The client for a request: learns the peer's protocol first if nobody knows it yet.
+    async fn client(&self, upgrade: bool) -> std::io::Result<&Client<MeshConnector, Incoming>> {
+        if upgrade {
+            return Ok(&self.mesh_upgrade);
+        }
+        Ok(if self.learn.peer().is_h2(&self.learn).await? {
+            &self.mesh_h2
+        } else {
+            &self.mesh_http1
         })
     }
 }
@@ -201,10 +221,11 @@ async fn serve<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(AtomicU64::new(0));
-    let idle = match &listener.kind {
-        Kind::Inbound { config, .. } => config.limits.idle_timeout,
-        Kind::Outbound { config, .. } => config.limits.idle_timeout,
+    let limits = match &listener.kind {
+        Kind::Inbound { config, .. } => &config.limits,
+        Kind::Outbound { config, .. } => &config.limits,
     };
+    let (idle, first_request_grace) = (limits.idle_timeout, limits.handshake_timeout);
     let io = Counting {
         inner: io,
         m: listener.metrics.clone(),
@@ -212,23 +233,49 @@ async fn serve<T>(
     };
     let tracker = shared.tracker.clone();
     let l = listener.clone();
+    // A permit here means "this connection has received a request" (see the drain below).
+    let requested = Arc::new(tokio::sync::Notify::new());
+    let r = requested.clone();
     let svc = hyper::service::service_fn(move |req| {
+        r.notify_one();
         forward(req, l.clone(), xfcc.clone(), tracker.clone())
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut tick = tokio::time::interval_at(Instant::now() + idle, idle);
-    let (mut seen, mut draining) = (0, false);
+    let grace = tokio::time::sleep(idle);
+    tokio::pin!(grace);
+    let (mut seen, mut draining, mut closing) = (0, false, false);
+    // Drain: this connection was accepted before it began. Once it has received a request, hyper
+    // is told to finish: the request in flight is answered (`connection: close` on HTTP/1.1,
+    // GOAWAY on HTTP/2) and then the connection closes; an idle keep-alive connection closes at
+    // once. A connection that has not sent its first request yet (its TLS handshake was still
+    // running at SIGTERM) gets up to `handshake_timeout_ms` for it. `hard_stop` bounds it all.
     loop {
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    debug!(listener = listener.name(), peer = %peer, error = %e, "http connection ended with an error");
+                    if let Some(status) = automatic_answer(&*e) {
+                        // hyper answered this one itself, before any request existed.
+                        listener.metrics.response(status);
+                        debug!(listener = listener.name(), peer = %peer, status, error = %e, "malformed request refused");
+                    } else {
+                        debug!(listener = listener.name(), peer = %peer, error = %e, "http connection ended with an error");
+                    }
                 }
                 return;
             }
             () = shared.shutdown.cancelled(), if !draining => {
                 draining = true;
+                grace.as_mut().reset(Instant::now() + first_request_grace);
+            }
+            () = requested.notified(), if draining && !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut grace, if draining && !closing => {
+                closing = true;
+                debug!(listener = listener.name(), peer = %peer, "draining: no request on this connection");
                 conn.as_mut().graceful_shutdown();
             }
             _ = tick.tick() => {
@@ -241,6 +288,27 @@ async fn serve<T>(
             }
         }
     }
+}
+
+/// The status hyper's HTTP/1 server wrote by itself before closing with `e`, if it wrote one:
+/// 431 for a request head over `max_header_bytes` (or too many headers, or a URI too long: hyper
+/// answers 414 to that one, the same class), 400 for any other malformed head. An h2 preface on
+/// an HTTP/1 connection and I/O errors get no answer.
+fn automatic_answer(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return if h.is_parse_too_large() {
+                Some(431)
+            } else if h.is_parse() && !h.is_parse_version_h2() && !h.is_parse_status() {
+                Some(400)
+            } else {
+                None
+            };
+        }
+        cause = e.source();
+    }
+    None
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -334,10 +402,13 @@ async fn forward(
                 .authority
                 .get_or_insert_with(|| peer.authority.clone());
             set_uri(&mut req, parts);
-            if upgrade {
-                peer.mesh_h1.request(req).await
-            } else {
-                peer.mesh.request(req).await
+            match peer.client(upgrade).await {
+                Ok(client) => client.request(req).await,
+                Err(e) => {
+                    // The mesh connector counted and logged the failed dial.
+                    debug!(listener = listener.name(), error = %e, "learning the peer's protocol failed");
+                    return Ok(bad_gateway(m, start));
+                }
             }
         }
         _ => unreachable!("http listeners always have clients"),
@@ -378,14 +449,21 @@ async fn forward(
                 .map(ToString::to_string)
                 .unwrap_or_default();
             warn!(listener = listener.name(), error = %e, cause, "upstream request failed");
-            let mut r = Response::new(Either::Right(Full::from("upstream unavailable\n")));
-            *r.status_mut() = StatusCode::BAD_GATEWAY;
-            r
+            return Ok(bad_gateway(m, start));
         }
     };
     m.response(resp.status().as_u16());
     m.duration.observe(start.elapsed().as_secs_f64());
     Ok(resp)
+}
+
+/// A counted 502.
+fn bad_gateway(m: &ListenerMetrics, start: Instant) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::from("upstream unavailable\n")));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    m.response(r.status().as_u16());
+    m.duration.observe(start.elapsed().as_secs_f64());
+    r
 }
 
 fn set_uri(req: &mut Request<Incoming>, mut parts: http::uri::Parts) {

@@ -67,6 +67,8 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// The TLS material.
     pub tls: Arc<TlsState>,
+    /// Resolved outbound upstream names.
+    pub(crate) dns: Arc<mesh::DnsCache>,
 }
 
 /// A running proxy.
@@ -143,6 +145,7 @@ pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, Sta
         hard_stop: CancellationToken::new(),
         tracker: TaskTracker::new(),
         tls: tls.clone(),
+        dns: Arc::new(mesh::DnsCache::new(&config.dns)),
     });
     let bind = |what: &str, addr: SocketAddr| {
         let sock = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
@@ -203,7 +206,7 @@ pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, Sta
         let lm = metrics.listener(&l.name, Direction::Outbound);
         let peer = match l.protocol {
             Protocol::Http => Some(
-                http::PeerClients::new(l, tls.clone(), lm.clone())
+                http::PeerClients::new(l, tls.clone(), shared.dns.clone(), lm.clone())
                     .map_err(|source| StartError::Client { what, source })?,
             ),
             Protocol::Tcp => None,

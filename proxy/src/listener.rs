@@ -206,10 +206,11 @@ async fn outbound(
         http::serve_outbound(stream, peer, listener.clone(), shared).await;
         return;
     }
-    let Some(upstream) = dial(
-        &listener.target,
+    let Some(upstream) = crate::mesh::dial_upstream(
+        &shared.dns,
+        &config.upstream,
         config.limits.connect_timeout,
-        listener,
+        &listener.metrics,
         peer,
     )
     .await

@@ -30,6 +30,15 @@ enum Command {
         #[arg(long, default_value_t = 15_000)]
         base_port: u16,
     },
+    /// GET a loopback admin URL (for exec probes): exit 0 on 2xx, 1 otherwise, 2 on bad usage.
+    Probe {
+        /// Plain-HTTP URL on loopback.
+        #[arg(long, default_value = enclaveid_proxy::admin::DEFAULT_PROBE_URL)]
+        url: String,
+        /// Deadline for connect, request and answer together, in milliseconds.
+        #[arg(long, default_value_t = enclaveid_proxy::admin::DEFAULT_PROBE_TIMEOUT_MS)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,8 +48,22 @@ fn main() -> ExitCode {
         Command::Check => check(cli.config),
         Command::Run => run(cli.config),
         Command::Demo { base_port } => enclaveid_proxy::demo::main(base_port),
+        Command::Probe { url, timeout_ms } => probe(&url, timeout_ms),
     };
     ExitCode::from(code)
+}
+
+fn probe(url: &str, timeout_ms: u64) -> u8 {
+    match enclaveid_proxy::admin::probe(url, std::time::Duration::from_millis(timeout_ms)) {
+        Ok(status) => {
+            println!("{url}: {status}");
+            0
+        }
+        Err(e) => {
+            eprintln!("probe failed: {e}");
+            e.exit_code()
+        }
+    }
 }
 
 fn config_path(path: Option<PathBuf>) -> Result<PathBuf, u8> {

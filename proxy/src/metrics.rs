@@ -22,12 +22,15 @@ pub struct Metrics {
     handshakes: IntCounterVec,
     handshake_failures: IntCounterVec,
     upstream_failures: IntCounterVec,
+    dns_failures: IntCounterVec,
     rejected: IntCounterVec,
     requests: IntCounterVec,
     duration: HistogramVec,
     /// `notAfter` of the serving certificate, Unix seconds.
     pub cert_expiry: Gauge,
     reloads: IntCounterVec,
+    /// 1 while the TLS files on disk cannot be used (the previous certificate keeps serving).
+    pub reload_failing: IntGauge,
     /// 1 when ready, 0 otherwise (not bound yet, or draining).
     pub ready: IntGauge,
 }
@@ -62,6 +65,11 @@ impl Metrics {
                 ld,
             )
             .expect("valid metric"),
+            dns_failures: IntCounterVec::new(
+                opts("dns_resolution_failures_total", "Failed lookups of an outbound upstream name (also counted in upstream_failures_total)."),
+                ld,
+            )
+            .expect("valid metric"),
             rejected: IntCounterVec::new(
                 opts("connections_rejected_total", "Connections closed at accept because the listener was at max_connections."),
                 ld,
@@ -83,10 +91,15 @@ impl Metrics {
                 .expect("valid metric"),
             reloads: IntCounterVec::new(opts("certificate_reloads_total", "Certificate reload attempts, by result."), &["result"])
                 .expect("valid metric"),
+            reload_failing: IntGauge::with_opts(opts(
+                "certificate_reload_failing",
+                "1 while the TLS files on disk cannot be used and the previous certificate keeps serving.",
+            ))
+            .expect("valid metric"),
             ready: IntGauge::with_opts(opts("ready", "1 when every listener is bound and certificates are loaded.")).expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(m.opened.clone()),
             Box::new(m.active.clone()),
             Box::new(m.closed.clone()),
@@ -94,11 +107,13 @@ impl Metrics {
             Box::new(m.handshakes.clone()),
             Box::new(m.handshake_failures.clone()),
             Box::new(m.upstream_failures.clone()),
+            Box::new(m.dns_failures.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.requests.clone()),
             Box::new(m.duration.clone()),
             Box::new(m.cert_expiry.clone()),
             Box::new(m.reloads.clone()),
+            Box::new(m.reload_failing.clone()),
             Box::new(m.ready.clone()),
         ];
         for c in collectors {
@@ -144,6 +159,7 @@ impl Metrics {
             ]),
             handshakes: self.handshakes.with_label_values(l),
             upstream_failures: self.upstream_failures.with_label_values(l),
+            dns_failures: self.dns_failures.with_label_values(l),
             rejected: self.rejected.with_label_values(l),
             status: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| {
                 self.requests
@@ -220,6 +236,8 @@ pub struct ListenerMetrics {
     pub handshakes: IntCounter,
     /// App or peer unreachable.
     pub upstream_failures: IntCounter,
+    /// Outbound upstream name lookups that failed.
+    pub dns_failures: IntCounter,
     /// Refused at accept (`max_connections`).
     pub rejected: IntCounter,
     status: [IntCounter; 5],

@@ -7,6 +7,9 @@
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use enclaveid_pki::identity::AllowPattern;
 use enclaveid_pki::pem;
@@ -110,12 +113,43 @@ pub struct TlsState {
     settings: TlsSettings,
     inbound: Vec<(Option<Vec<AllowPattern>>, Protocol)>,
     current: RwLock<Arc<Loaded>>,
-    last_seen: Mutex<u64>,
-    /// Files whose key and certificate did not match on the last poll: given one more poll
-    /// interval before they count as a refused reload (see `poll`).
-    pending_mismatch: Mutex<Option<u64>>,
+    watch: Mutex<Watch>,
+    /// The poll interval: the first re-warning of a lasting failure comes two of these later.
+    interval: Duration,
     metrics: Arc<Metrics>,
 }
+
+/// What the poller knows about the files on disk.
+struct Watch {
+    /// Digest of the set now serving.
+    serving: u64,
+    /// A state seen once that a renewer produces mid-rotation (a file missing, the new key next
+    /// to the old certificate): given one more poll before it counts as a failure.
+    pending: Option<Seen>,
+    /// Set while the files on disk cannot be used.
+    failing: Option<Failing>,
+}
+
+/// Which unusable state of the files.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Seen {
+    /// A file could not be read (deleted, permissions).
+    Unreadable,
+    /// Readable files with this digest that were refused.
+    Refused(u64),
+}
+
+/// A lasting reload failure, and when to warn about it again.
+struct Failing {
+    what: Seen,
+    error: String,
+    since: Instant,
+    next_warning: Instant,
+    backoff: Duration,
+}
+
+/// The longest gap between two warnings about the same lasting failure.
+pub const MAX_WARNING_BACKOFF: Duration = Duration::from_mins(5);
 
 impl TlsState {
     /// Loads the initial material; failure here is fatal for the proxy.
@@ -136,13 +170,18 @@ impl TlsState {
         metrics
             .cert_expiry
             .set(unix_f64(loaded.material.not_after()));
+        metrics.reload_failing.set(0);
         Ok(Self {
             source,
             settings,
             inbound,
             current: RwLock::new(Arc::new(loaded)),
-            last_seen: Mutex::new(hash),
-            pending_mismatch: Mutex::new(None),
+            watch: Mutex::new(Watch {
+                serving: hash,
+                pending: None,
+                failing: None,
+            }),
+            interval: config.tls.reload_interval,
             metrics,
         })
     }
@@ -157,56 +196,135 @@ impl TlsState {
     }
 
     /// Re-reads the files; if their content changed since the last attempt, tries to switch.
-    /// Returns `None` when nothing changed.
+    /// Returns `None` when nothing new happened (no change, a possible rotation in progress, or
+    /// a failure already reported), `Some(Err)` when a new failure was counted.
+    ///
+    /// A failure keeps the previous material serving. It is counted and logged at `warn` once,
+    /// then, while it lasts, warned about again with a doubling gap (from two poll intervals up
+    /// to [`MAX_WARNING_BACKOFF`]); the files are still re-read on every poll.
     pub fn poll(&self) -> Option<Result<(), TlsError>> {
+        self.poll_at(Instant::now())
+    }
+
+    fn poll_at(&self, now: Instant) -> Option<Result<(), TlsError>> {
         if matches!(self.source, TlsSource::Memory { .. }) {
             return None;
         }
+        let mut w = self
+            .watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (ca, cert, key, names) = match self.source.read() {
             Ok(files) => files,
-            // A file missing mid-rename is retried on the next tick, silently.
-            Err(TlsError::Pem(pem::PemError::Read { .. })) => return None,
-            Err(e) => return Some(Err(e)),
+            Err(e) => {
+                // A missing file may be a non-atomic writer mid-way: one poll of grace.
+                let transient = matches!(e, TlsError::Pem(pem::PemError::Read { .. }));
+                return self.failed(&mut w, Seen::Unreadable, e, transient, now);
+            }
         };
         let hash = digest(&ca, &cert, &key);
-        let unchanged = *self
-            .last_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            == hash;
-        if unchanged {
+        if hash == w.serving {
+            w.pending = None;
+            if let Some(f) = w.failing.take() {
+                self.metrics.reload_failing.set(0);
+                tracing::info!(
+                    failed_for_s = now.duration_since(f.since).as_secs(),
+                    "certificate files are back to the set in use"
+                );
+            }
             return None;
         }
-        let built = build(&self.settings, &self.inbound, &ca, &cert, &key, &names);
-        if let Err(TlsError::KeyMismatch(_)) = &built {
-            // The renewer renames key.pem and then cert.pem: a poll between the two sees the
-            // new key with the old certificate. Refuse to switch (the old pair keeps serving),
-            // but only count and log a failure if the same files are still there on the next
-            // poll, so a normal rotation never looks like a failed one.
-            let mut pending = self
-                .pending_mismatch
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *pending != Some(hash) {
-                *pending = Some(hash);
-                tracing::debug!("key and certificate do not match yet (mid-rotation?); retrying");
-                return None;
+        if w.failing
+            .as_ref()
+            .is_some_and(|f| f.what == Seen::Refused(hash))
+        {
+            Self::still_failing(&mut w, now);
+            return None;
+        }
+        match build(&self.settings, &self.inbound, &ca, &cert, &key, &names) {
+            Ok(loaded) => {
+                w.serving = hash;
+                w.pending = None;
+                w.failing = None;
+                self.metrics.reload_failing.set(0);
+                self.metrics
+                    .cert_expiry
+                    .set(unix_f64(loaded.material.not_after()));
+                tracing::info!(identity = ?loaded.material.identity().uris, not_after = loaded.material.not_after(), "certificate reloaded");
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded);
+                self.metrics.reload(true);
+                Some(Ok(()))
+            }
+            Err(e) => {
+                // The renewer renames key.pem and then cert.pem: a poll between the two sees the
+                // new key with the old certificate. That set is never used, and it only counts
+                // as a failure if it is still there on the next poll, so a normal rotation
+                // never looks like a failed one.
+                let transient = matches!(e, TlsError::KeyMismatch(_));
+                self.failed(&mut w, Seen::Refused(hash), e, transient, now)
             }
         }
-        *self
-            .last_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = hash;
-        let result = built.map(|loaded| {
-            self.metrics.cert_expiry.set(unix_f64(loaded.material.not_after()));
-            tracing::info!(identity = ?loaded.material.identity().uris, not_after = loaded.material.not_after(), "certificate reloaded");
-            *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded);
-        });
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "new certificate refused; the previous one keeps serving");
+    }
+
+    fn failed(
+        &self,
+        w: &mut Watch,
+        what: Seen,
+        e: TlsError,
+        transient: bool,
+        now: Instant,
+    ) -> Option<Result<(), TlsError>> {
+        if w.failing.as_ref().is_some_and(|f| f.what == what) {
+            // The same failure as before (a file still missing): already counted.
+            Self::still_failing(w, now);
+            return None;
         }
-        self.metrics.reload(result.is_ok());
-        Some(result)
+        if transient && w.pending != Some(what) {
+            w.pending = Some(what);
+            tracing::debug!(error = %e, "certificate files not usable yet (mid-rotation?); retrying");
+            return None;
+        }
+        w.pending = None;
+        tracing::warn!(error = %e, "certificate files unusable; the previous certificate keeps serving");
+        self.metrics.reload(false);
+        self.metrics.reload_failing.set(1);
+        let backoff = 2 * self.interval.max(Duration::from_millis(500));
+        w.failing = Some(Failing {
+            what,
+            error: e.to_string(),
+            since: now,
+            next_warning: now + backoff,
+            backoff,
+        });
+        Some(Err(e))
+    }
+
+    fn still_failing(w: &mut Watch, now: Instant) {
+        let Some(f) = w.failing.as_mut() else { return };
+        if now < f.next_warning {
+            return;
+        }
+        tracing::warn!(
+            error = %f.error,
+            failing_for_s = now.duration_since(f.since).as_secs(),
+            "certificate files still unusable; the previous certificate keeps serving"
+        );
+        f.backoff = (f.backoff * 2).min(MAX_WARNING_BACKOFF);
+        f.next_warning = now + f.backoff;
+    }
+
+    /// When the current failure is next warned about (tests of the backoff).
+    #[cfg(test)]
+    fn next_warning(&self) -> Option<Instant> {
+        self.watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .failing
+            .as_ref()
+            .map(|f| f.next_warning)
     }
 }
 
@@ -253,4 +371,96 @@ fn build(
         client_tcp: Arc::new(material.client_config(settings, &[])?),
         material,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enclaveid_pki::testing::TestCa;
+
+    fn write(dir: &std::path::Path, name: &str, body: &str) {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+
+    #[test]
+    fn a_lasting_failure_is_counted_once_and_warned_with_backoff() {
+        let ca = TestCa::new("mesh test CA");
+        let leaf = ca.workload("backend");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "ca.pem", &ca.cert_pem());
+        write(d, "cert.pem", &leaf.cert_pem);
+        write(d, "key.pem", &leaf.key_pem);
+        let config = Config::parse(&format!(
+            "tls: {{ ca: {0}/ca.pem, cert: {0}/cert.pem, key: {0}/key.pem, reload_interval_ms: 1000 }}\n\
+             inbound: [{{ name: api, listen: 127.0.0.1:0, forward: 127.0.0.1:9 }}]\n",
+            d.display()
+        ))
+        .unwrap();
+        let metrics = Metrics::new();
+        let tls =
+            TlsState::load(&config, TlsSource::from_config(&config), metrics.clone()).unwrap();
+        let serving = tls.current().material.not_after();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+
+        std::fs::remove_file(d.join("cert.pem")).unwrap();
+        assert!(
+            tls.poll_at(at(0)).is_none(),
+            "one poll of grace for a missing file"
+        );
+        assert_eq!(metrics.reloads(false), 0);
+        assert!(
+            matches!(tls.poll_at(at(1)), Some(Err(_))),
+            "then a counted failure"
+        );
+        assert_eq!(
+            (metrics.reloads(false), metrics.reload_failing.get()),
+            (1, 1)
+        );
+        // Warned again 2 s later, then 4, 8, ... up to MAX_WARNING_BACKOFF; counted once.
+        assert_eq!(tls.next_warning(), Some(at(3)));
+        let mut expect = 3;
+        let mut gap = 2;
+        for s in 2..2_000 {
+            assert!(tls.poll_at(at(s)).is_none());
+            if s == expect {
+                gap = (gap * 2).min(MAX_WARNING_BACKOFF.as_secs());
+                expect += gap;
+            }
+            assert_eq!(tls.next_warning(), Some(at(expect)), "at {s} s");
+        }
+        assert_eq!(gap, MAX_WARNING_BACKOFF.as_secs());
+        assert_eq!(metrics.reloads(false), 1, "a lasting failure counts once");
+        assert_eq!(
+            tls.current().material.not_after(),
+            serving,
+            "old material serves"
+        );
+
+        // Garbled: a new failure (counted once more), then the original files come back.
+        write(d, "cert.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n");
+        assert!(matches!(tls.poll_at(at(2_000)), Some(Err(_))));
+        assert!(tls.poll_at(at(2_001)).is_none());
+        assert_eq!(
+            (metrics.reloads(false), metrics.reload_failing.get()),
+            (2, 1)
+        );
+        write(d, "cert.pem", &leaf.cert_pem);
+        assert!(tls.poll_at(at(2_002)).is_none());
+        assert_eq!(metrics.reload_failing.get(), 0, "recovered");
+        assert_eq!(tls.next_warning(), None);
+
+        // A good new set is taken and clears nothing that is not set.
+        let next = ca.workload("backend");
+        write(d, "cert.pem", &next.cert_pem);
+        write(d, "key.pem", &next.key_pem);
+        assert!(matches!(tls.poll_at(at(2_003)), Some(Ok(()))));
+        assert_eq!(
+            (metrics.reloads(true), metrics.reload_failing.get()),
+            (1, 0)
+        );
+    }
 }

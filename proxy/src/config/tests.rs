@@ -157,3 +157,40 @@ fn host_port_forms() {
         Err("invalid port: 0 is not a destination")
     );
 }
+
+#[test]
+fn dns_cache_defaults_bounds_and_errors() {
+    let c = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(
+        c.dns.cache_ttl,
+        Duration::from_millis(DEFAULT_DNS_CACHE_TTL_MS)
+    );
+    assert_eq!(c.dns.cache_max_entries, DEFAULT_DNS_CACHE_MAX_ENTRIES);
+    let shown = serde_json::to_string(&c).unwrap();
+    assert!(
+        shown.contains("\"dns\":{\"cache_ttl_ms\":5000,\"cache_max_entries\":256}"),
+        "{shown}"
+    );
+    let c = Config::parse(&format!("{EXAMPLE}dns: {{ cache_ttl_ms: 0 }}\n")).unwrap();
+    assert!(c.dns.cache_ttl.is_zero(), "0 turns the cache off");
+    for (yaml, want) in [
+        (
+            "dns: { cache_ttl_ms: 300001 }",
+            "dns.cache_ttl_ms = \"300001\": at most 300000",
+        ),
+        (
+            "dns: { cache_max_entries: 0 }",
+            "dns.cache_max_entries = \"0\": must be between 1 and 65536",
+        ),
+        (
+            "dns: { cache_ttl_ms: -1 }",
+            "dns.cache_ttl_ms: invalid type",
+        ),
+        ("dns: { ttl: 5 }", "dns: unknown field `ttl`"),
+    ] {
+        let got = Config::parse(&format!("{EXAMPLE}{yaml}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(got.starts_with(want), "want {want:?}\n got {got:?}");
+    }
+}

@@ -85,11 +85,26 @@ def test_init_order_and_native_sidecar(helm, mode):
 
 
 def test_regular_container_mode_for_old_clusters(helm):
-    spec = pod_spec(render(helm, "microk8s", ["--set", "proxy.nativeSidecar=false"]))
+    docs = render(helm, "microk8s", ["--set", "proxy.nativeSidecar=false"])
+    spec = pod_spec(docs)
     assert [c["name"] for c in spec["initContainers"]] == ["init-secrets", "init-proxy"]
     proxy = by_name(spec, "proxy")
     assert "restartPolicy" not in proxy
     assert [c["name"] for c in spec["containers"]][:2] == ["proxy", "renew"]
+    # The helm test pod too: a long-running proxy as a plain init container would never finish.
+    test_pod = one(docs, "Pod", "-test-mesh")["spec"]
+    assert [c["name"] for c in test_pod["initContainers"]] == ["init-proxy"]
+    assert [c["name"] for c in test_pod["containers"]] == ["proxy", "curl"]
+
+
+@pytest.mark.parametrize("native", ["true", "false"])
+@pytest.mark.parametrize("mode", MODES)
+def test_container_names_are_unique_per_pod(helm, mode, native):
+    """The API server refuses a pod whose init and regular containers share a name (the
+    schema check cannot see that)."""
+    for spec in all_pod_specs(render(helm, mode, ["--set", f"proxy.nativeSidecar={native}"])):
+        names = [c["name"] for _, c in containers(spec)]
+        assert len(names) == len(set(names)), names
 
 
 @pytest.mark.parametrize("mode", MODES)

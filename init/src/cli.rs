@@ -64,6 +64,10 @@ pub struct VaultArgs {
     /// `thim` (Azure's IMDS endpoint), `thim:URL` or `file:PATH` (PEM of VCEK, ASK, ARK).
     #[arg(long, env = "ENCLAVEID_VCEK", default_value = "thim")]
     pub vcek: String,
+    /// With `--evidence vtpm`: the firmware's TCG event log sent to MAA with the quote (a
+    /// missing file sends an empty log; mount the node's securityfs file to send it).
+    #[arg(long, env = "ENCLAVEID_TCG_LOG", default_value = crate::evidence_vtpm::DEFAULT_TCG_LOG)]
+    pub tcg_log: std::path::PathBuf,
     /// Extra PEM trust anchors for the vault's and MAA's TLS and for the release JWS chain
     /// (emulators and test doubles). Production uses the system roots only.
     #[arg(long, env = "ENCLAVEID_TLS_CA_FILE")]

@@ -156,7 +156,7 @@ fn guest_skr(
     let tpm = GuestTpm::new(&VtpmOptions {
         tcti: args.tcti.clone(),
         vcek,
-        ..VtpmOptions::default()
+        tcg_log: args.tcg_log.clone(),
     })
     .map_err(|e| ConfigError::field("--tcti", &args.tcti, &e.to_string()))?;
     let http =

@@ -328,7 +328,10 @@ impl GuestTpm {
             },
             certify_info: certify.marshall().map_err(tpm("marshalling TPMS_ATTEST"))?,
             certify_signature: signature.signature().value().to_vec(),
-            tcg_log: std::fs::read(&self.tcg_log).unwrap_or_default(),
+            tcg_log: std::fs::read(&self.tcg_log).unwrap_or_else(|e| {
+                tracing::info!(path = %self.tcg_log.display(), error = %e, "no TCG event log; MAA gets an empty one");
+                Vec::new()
+            }),
         })
     }
 

@@ -71,10 +71,33 @@ fn tools_present() -> bool {
         .all(|tool| require_tool(tool))
 }
 
-/// A provisioned swtpm and the VCEK chain file for its HCL report.
+/// A provisioned swtpm, the VCEK chain file for its HCL report and the CA of its AK certificate.
 struct Rig {
     tpm: Swtpm,
     chain_file: PathBuf,
+    ak_root: Vec<u8>,
+}
+
+/// A test vTPM CA and an AK certificate it issues for `ak` (what Azure provisions in NV
+/// 0x01C101D0): returns (CA DER, certificate DER).
+fn ak_certificate(ak: &rsa::RsaPublicKey) -> (Vec<u8>, Vec<u8>) {
+    use rsa::pkcs8::EncodePublicKey as _;
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let mut root_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    root_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test Virtual TPM CA");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let issuer = rcgen::Issuer::new(root_params, root_key);
+    let spki =
+        rcgen::SubjectPublicKeyInfo::from_der(ak.to_public_key_der().unwrap().as_bytes()).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test-cvm AK");
+    let cert = params.signed_by(&spki, &issuer).unwrap();
+    (root.der().to_vec(), cert.der().to_vec())
 }
 
 /// swtpm with an AK at 0x81000003 and an HCL report whose `HCLAkPub` is `hcl_ak` (the AK
@@ -86,13 +109,19 @@ fn rig(hcl_ak: Option<&rsa::RsaPublicKey>) -> Rig {
     let claims = enclaveid_attest_verifier::hcl::claims_json(hcl_ak.unwrap_or(&ak));
     let hcl = amd().hcl_report(claims.as_bytes(), &ReportFields::default());
     tpm.provision_hcl(&hcl);
+    let (ak_root, ak_cert) = ak_certificate(&ak);
+    tpm.provision_ak_cert(&ak_cert);
     let chain_file = tpm.state.path().join("vcek-chain.pem");
     std::fs::write(
         &chain_file,
         format!("{}{}{}", amd().vcek_pem(), amd().ask_pem(), amd().ark_pem()),
     )
     .unwrap();
-    Rig { tpm, chain_file }
+    Rig {
+        tpm,
+        chain_file,
+        ak_root,
+    }
 }
 
 impl Rig {
@@ -179,6 +208,7 @@ async fn the_vtpm_release_derives_the_same_ca_as_the_dir_and_snp_paths() {
     let held = rsa_key();
     let (pki, double, guest) = start_double(HeldKey::Rsa(Box::new(held.clone()))).await;
     let rig = tokio::task::spawn_blocking(|| rig(None)).await.unwrap();
+    guest.log.lock().unwrap().ak_root = Some(rig.ak_root.clone());
     let vault = guest_vault(&double, &pki, rig.guest_tpm());
     let released = release(&vault).await.unwrap();
 
@@ -246,8 +276,9 @@ async fn an_oct_key_is_released_raw() {
         return;
     }
     let secret: Vec<u8> = (100u8..132).collect();
-    let (pki, double, _guest) = start_double(HeldKey::Oct(secret.clone())).await;
+    let (pki, double, guest) = start_double(HeldKey::Oct(secret.clone())).await;
     let rig = tokio::task::spawn_blocking(|| rig(None)).await.unwrap();
+    guest.log.lock().unwrap().ak_root = Some(rig.ak_root.clone());
     let released = release(&guest_vault(&double, &pki, rig.guest_tpm()))
         .await
         .unwrap();
@@ -264,6 +295,7 @@ async fn an_ak_that_is_not_the_hcl_ak_is_refused() {
     let rig = tokio::task::spawn_blocking(move || rig(Some(&other)))
         .await
         .unwrap();
+    guest.log.lock().unwrap().ak_root = Some(rig.ak_root.clone());
     let err = release(&guest_vault(&double, &pki, rig.guest_tpm()))
         .await
         .unwrap_err();
@@ -283,6 +315,7 @@ async fn an_expired_token_is_never_presented_and_a_fresh_one_is_fetched() {
     }
     let (pki, double, guest) = start_double(HeldKey::Oct(vec![3; 32])).await;
     let rig = tokio::task::spawn_blocking(|| rig(None)).await.unwrap();
+    guest.log.lock().unwrap().ak_root = Some(rig.ak_root.clone());
     let vault = guest_vault(&double, &pki, rig.guest_tpm());
 
     // One expired token: the next attempt attests again (new nonce, new key) and succeeds.
@@ -335,6 +368,7 @@ async fn broken_evidence_is_refused_each_for_its_reason() {
     })
     .await
     .unwrap();
+    guest.log.lock().unwrap().ak_root = Some(rig.ak_root.clone());
     let client = maa(&double, &pki);
     let refusal = |info: serde_json::Value| {
         let client = client.clone();
@@ -380,6 +414,12 @@ async fn broken_evidence_is_refused_each_for_its_reason() {
     quote["TpmInfo"]["PcrSignature"] = other["TpmInfo"]["PcrSignature"].clone();
     assert!(refusal(quote).await.contains("PcrSignature"));
 
+    // An AK certificate for another key (issued by the trusted CA, so only the key differs).
+    let mut ak_cert = good.clone();
+    let (_, foreign) = ak_certificate(&rsa_key().to_public_key());
+    ak_cert["TpmInfo"]["AikCert"] = STANDARD.encode(foreign).into();
+    assert!(refusal(ak_cert).await.contains("AikCert"));
+
     // Runtime claims the SNP report does not commit to.
     let mut runtime = good.clone();
     runtime["IsolationInfo"]["Evidence"]["RunTimeData"] = STANDARD.encode(b"{\"keys\":[]}").into();
@@ -391,7 +431,7 @@ async fn broken_evidence_is_refused_each_for_its_reason() {
     assert!(!token.is_empty());
     let again = client.attest_azure_guest(&body).await.unwrap_err();
     assert!(again.to_string().contains("replay"), "{again}");
-    assert_eq!(guest.log.lock().unwrap().refusals.len(), 7);
+    assert_eq!(guest.log.lock().unwrap().refusals.len(), 8);
     drop(rig);
 }
 
@@ -400,7 +440,7 @@ async fn a_pcr_change_after_attestation_locks_the_transfer_key() {
     if !tools_present() {
         return;
     }
-    let (pki, double, _guest) = start_double(HeldKey::Oct(vec![1; 32])).await;
+    let (pki, double, guest) = start_double(HeldKey::Oct(vec![1; 32])).await;
     let (rig, evidence) = tokio::task::spawn_blocking(|| {
         let rig = rig(None);
         let evidence = rig.guest_tpm().collect(&[5; 32]).unwrap();
@@ -408,6 +448,7 @@ async fn a_pcr_change_after_attestation_locks_the_transfer_key() {
     })
     .await
     .unwrap();
+    guest.log.lock().unwrap().ak_root = Some(rig.ak_root.clone());
     let tpm = rig.guest_tpm();
     let info = attestation_info(
         &evidence,

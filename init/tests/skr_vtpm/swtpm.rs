@@ -177,20 +177,30 @@ impl Swtpm {
 
     /// Defines NV 0x01400001 (owner read/write) and writes the HCL report into it.
     pub fn provision_hcl(&self, hcl: &[u8]) {
-        std::fs::write(self.state.path().join("hcl.bin"), hcl).unwrap();
+        self.provision_nv("0x01400001", hcl);
+    }
+
+    /// Defines NV 0x01C101D0 and writes the AK certificate (DER) into it.
+    pub fn provision_ak_cert(&self, der: &[u8]) {
+        self.provision_nv("0x01C101D0", der);
+    }
+
+    fn provision_nv(&self, index: &str, data: &[u8]) {
+        let file = format!("nv-{index}.bin");
+        std::fs::write(self.state.path().join(&file), data).unwrap();
         self.tpm2(
             "tpm2_nvdefine",
             &[
-                "0x01400001",
+                index,
                 "-C",
                 "o",
                 "-s",
-                &hcl.len().to_string(),
+                &data.len().to_string(),
                 "-a",
                 "ownerread|ownerwrite|authread|authwrite",
             ],
         );
-        self.tpm2("tpm2_nvwrite", &["0x01400001", "-C", "o", "-i", "hcl.bin"]);
+        self.tpm2("tpm2_nvwrite", &[index, "-C", "o", "-i", &file]);
     }
 
     /// Extends SHA-256 PCR `index` (the measured state changes).

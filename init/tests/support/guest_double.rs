@@ -51,6 +51,9 @@ pub struct GuestLog {
     /// How many accepted attestations get a token issued 9 hours ago (expired: MAA's tokens
     /// live 8 hours) before valid ones (`u32::MAX`: all).
     pub expired_tokens: u32,
+    /// The CA (DER) the AK certificate must chain to, as MAA requires Azure's vTPM CA; `None`
+    /// accepts evidence without an AK certificate.
+    pub ak_root: Option<Vec<u8>>,
 }
 
 /// The guest attestation double.
@@ -71,8 +74,12 @@ impl GuestMaa {
     }
 
     fn attest(&self, body: &[u8], signer: &MaaSigner<'_>) -> Response<Full<Bytes>> {
-        self.log.lock().unwrap().bodies.push(body.to_vec());
-        match Self::check(body) {
+        let ak_root = {
+            let mut log = self.log.lock().unwrap();
+            log.bodies.push(body.to_vec());
+            log.ak_root.clone()
+        };
+        match Self::check(body, ak_root.as_deref()) {
             Ok(checked) => {
                 let mut log = self.log.lock().unwrap();
                 if !log.nonces.insert(checked.nonce.clone()) {
@@ -95,7 +102,7 @@ impl GuestMaa {
     }
 
     #[allow(clippy::too_many_lines)] // MAA's checks, one after another
-    fn check(body: &[u8]) -> Result<Checked, String> {
+    fn check(body: &[u8], ak_root: Option<&[u8]>) -> Result<Checked, String> {
         let request: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
         let info = b64url(&request["AttestationInfo"], "AttestationInfo")?;
@@ -157,6 +164,9 @@ impl GuestMaa {
         let ak = rsa_key(&ak_public)?;
         if ak != hcl_ak {
             return Err("AikPub is not the HCLAkPub of the HCL runtime data".into());
+        }
+        if let Some(root) = ak_root {
+            check_ak_cert(&b64(&tpm["AikCert"], "AikCert")?, root, &ak)?;
         }
         let ak = rsa::pkcs1v15::VerifyingKey::<Sha256>::new(ak);
 
@@ -251,6 +261,23 @@ impl GuestMaa {
             host_data: hex::encode(&snp[0xC0..0xE0]),
         })
     }
+}
+
+/// The AK certificate must be issued by `root` for exactly the AK.
+fn check_ak_cert(der: &[u8], root: &[u8], ak: &rsa::RsaPublicKey) -> Result<(), String> {
+    use rsa::pkcs8::EncodePublicKey as _;
+    if der.is_empty() {
+        return Err("AikCert is empty".into());
+    }
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("AikCert: {e}"))?;
+    let (_, root) = x509_parser::parse_x509_certificate(root).unwrap();
+    cert.verify_signature(Some(root.public_key()))
+        .map_err(|_| "AikCert is not signed by the vTPM CA".to_owned())?;
+    if cert.public_key().raw != ak.to_public_key_der().unwrap().as_bytes() {
+        return Err("AikCert does not certify AikPub".into());
+    }
+    Ok(())
 }
 
 struct Checked {

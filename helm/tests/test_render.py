@@ -310,7 +310,7 @@ def test_confidentiality_follows_mode_and_can_be_overridden(helm):
 def test_proxy_config_is_the_contract(helm):
     docs = render(helm, "aks")
     cfg = yaml.safe_load(one(docs, "ConfigMap", "enclaveid-proxy")["data"]["proxy.yaml"])
-    assert set(cfg) <= {"admin", "tls", "inbound", "outbound", "defaults", "drain_timeout_ms"}
+    assert set(cfg) <= {"admin", "tls", "inbound", "outbound", "defaults", "drain_timeout_ms", "dns"}
     assert cfg["tls"] == {
         "ca": "/run/enclaveid/tls/ca.pem",
         "cert": "/run/enclaveid/tls/cert.pem",
@@ -326,6 +326,20 @@ def test_proxy_config_is_the_contract(helm):
     ]
     app = by_name(pod_spec(docs), "app")
     assert {"name": "ENCLAVEID_OUTBOUND_BACKEND", "value": "127.0.0.1:15001"} in app["env"]
+
+
+def test_proxy_dns_cache_values(helm, tmp_path):
+    docs = render(helm, "aks", ["--set", "proxy.dns.cache_ttl_ms=0", "--set", "proxy.dns.cache_max_entries=64"])
+    text = one(docs, "ConfigMap", "enclaveid-proxy")["data"]["proxy.yaml"]
+    assert yaml.safe_load(text)["dns"] == {"cache_ttl_ms": 0, "cache_max_entries": 64}
+    path = tmp_path / "proxy.yaml"
+    path.write_text(text)
+    binary = cargo_binary("enclaveid-proxy")
+    proc = subprocess.run([str(binary), "check", "--config", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dns" not in yaml.safe_load(one(render(helm, "aks"), "ConfigMap", "enclaveid-proxy")["data"]["proxy.yaml"])
+    err = render_error(helm, "aks", ["--set", "proxy.dns.cache_ttl_ms=3600000"])
+    assert "cache_ttl_ms" in err, err
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -268,6 +268,9 @@ timeoutSeconds: {{ $timeout }}
 {{- $_ := set $cfg "defaults" .Values.proxy.defaults -}}
 {{- end -}}
 {{- $_ := set $cfg "drain_timeout_ms" (int .Values.proxy.drainTimeoutMs) -}}
+{{- if .Values.proxy.dns -}}
+{{- $_ := set $cfg "dns" .Values.proxy.dns -}}
+{{- end -}}
 {{- $inbound := list -}}
 {{- range $i, $l := .Values.proxy.inbound -}}
 {{- if not (regexMatch "^(127\\.[0-9]+\\.[0-9]+\\.[0-9]+|\\[::1\\]|localhost):[0-9]+$" $l.forward) -}}

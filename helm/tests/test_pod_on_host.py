@@ -38,11 +38,23 @@ class App(http.server.BaseHTTPRequestHandler):
         pass
 
 
+_NEXT_PORT = [20_000 + (os.getpid() * 7919 + int(time.time() * 1000)) % 12_000]
+
+
 def free_port():
-    # The proxy needs its ports in its config file, so they are picked before it starts.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the ephemeral range (32768+ on Linux), so no outgoing
+    connection of a parallel process can take it between this check and the proxy's bind.
+    The proxy needs its ports in its config file, so they are picked before it starts."""
+    for _ in range(12_000):
+        port = _NEXT_PORT[0]
+        _NEXT_PORT[0] = 20_000 + (port - 20_000 + 1) % 12_000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 20000-31999")
 
 
 class Proxy:

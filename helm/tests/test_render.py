@@ -484,3 +484,8 @@ def test_notes_render(helm, tmp_path):
     old = notes("1.28.0", "microk8s")
     assert "native sidecars need 1.29" in old
     assert "--allow-simulated" in old
+    assert "admin/metrics:    127.0.0.1 only" in old
+    assert "raise replicaCount for availability" in old
+    aks = notes(KUBE_VERSION, "aks")
+    assert "the pod requests squat.ai/tpmrm (init-proxy, renew, attest) and joins group 59" in aks
+    assert "allocatable.squat\\.ai/tpmrm" in aks, aks

@@ -5,7 +5,8 @@
 # build stage (build paths remapped out of the binaries, SOURCE_DATE_EPOCH from the commit, no
 # incremental state); the base-image side of reproducibility is checked by `make verify-images`.
 #
-#   scripts/check-reproducible.sh [--keep]      (WORK=/some/dir to choose the scratch dir)
+#   scripts/check-reproducible.sh [--keep]      (WORK=/some/dir to choose the scratch dir,
+#                                                BINS="enclaveid-proxy" to check fewer binaries)
 #
 # A script, not a CI step: two release builds take a long while on 2 cores. Result of a run is
 # recorded in docs/reproducible-builds.md.
@@ -13,7 +14,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/enclaveid-repro.XXXXXX")}"
 keep="${1:-}"
-bins=(enclaveid-proxy enclaveid-init enclaveid-attest)
+read -r -a bins <<<"${BINS:-enclaveid-proxy enclaveid-init enclaveid-attest}"
 commit="$(git -C "$root" rev-parse HEAD)"
 export SOURCE_DATE_EPOCH="$(git -C "$root" log -1 --format=%ct)"
 

@@ -284,10 +284,22 @@ impl AkvVault {
             skr.maa.attest_sev_snp_vm(&evidence, &runtime_data)
         })
         .await?;
+        let jws = self.release_with_token(&token, version).await?;
+        let payload = skr::verify_release_jws(&jws, &skr.jws_roots, &self.host, UnixTime::now())?;
+        let released = skr::unwrap_released_key(&payload, &transfer_key)?;
+        Ok(skr::master_secret_from_release(
+            &released.kty,
+            &released.plaintext,
+        )?)
+    }
+
+    /// `POST {vault}/keys/{name}/{version}/release` with an attestation `token` and
+    /// `CKM_RSA_AES_KEY_WRAP`, retried under the deadline; returns the response JWS.
+    async fn release_with_token(&self, token: &str, version: &str) -> Result<String, VaultError> {
         let what = format!("releasing key {}/{version}", self.key_name);
-        let jws = retry(self.retry, &what, || async {
+        retry(self.retry, &what, || async {
             let params = ReleaseParameters {
-                target_attestation_token: Some(token.to_string()),
+                target_attestation_token: Some(token.to_owned()),
                 algorithm: Some(KeyEncryptionAlgorithm::CkmRsaAesKeyWrap),
                 nonce: None,
             };
@@ -310,13 +322,8 @@ impl AkvVault {
                 detail: "release response has no value".into(),
             })
         })
-        .await?;
-        let payload = skr::verify_release_jws(&jws, &skr.jws_roots, &self.host, UnixTime::now())?;
-        let released = skr::unwrap_released_key(&payload, &transfer_key)?;
-        Ok(skr::master_secret_from_release(
-            &released.kty,
-            &released.plaintext,
-        )?)
+        .await
+        .map_err(Into::into)
     }
 }
 

@@ -13,10 +13,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use azure_core::http::RequestContent;
-use azure_security_keyvault_keys::models::{
-    KeyClientReleaseOptions, KeyEncryptionAlgorithm, ReleaseParameters,
-};
 use enclaveid_pki::derive::MasterSecret;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use zeroize::Zeroizing;
@@ -117,38 +113,5 @@ impl AkvVault {
             .map_err(|e| task_failed(&e))??;
         skr::check_token_fresh(&guest.maa.azure_guest_url(), &token, SystemTime::now())?;
         Ok((token, evidence.key))
-    }
-
-    /// `POST {vault}/keys/{name}/{version}/release` with `token`, `CKM_RSA_AES_KEY_WRAP`,
-    /// retried under the deadline; returns the response JWS.
-    async fn release_with_token(&self, token: &str, version: &str) -> Result<String, VaultError> {
-        let what = format!("releasing key {}/{version}", self.key_name);
-        retry(self.retry, &what, || async {
-            let params = ReleaseParameters {
-                target_attestation_token: Some(token.to_owned()),
-                algorithm: Some(KeyEncryptionAlgorithm::CkmRsaAesKeyWrap),
-                nonce: None,
-            };
-            let body: RequestContent<ReleaseParameters> = params
-                .try_into()
-                .map_err(|e: azure_core::Error| self.map_err(&e))?;
-            let options = KeyClientReleaseOptions {
-                key_version: Some(version.to_owned()),
-                ..KeyClientReleaseOptions::default()
-            };
-            let result = self
-                .keys
-                .release(&self.key_name, body, Some(options))
-                .await
-                .map_err(|e| self.map_err(&e))?
-                .into_model()
-                .map_err(|e| self.map_err(&e))?;
-            result.value.ok_or_else(|| VaultError::Invalid {
-                vault: self.url.clone(),
-                detail: "release response has no value".into(),
-            })
-        })
-        .await
-        .map_err(Into::into)
     }
 }

@@ -168,6 +168,21 @@ def test_schema_covers_every_value_and_admits_no_unknown_key():
 
 
 @pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "attest.adminPort=15000"], "attest.adminPort = 15000: port already used by proxy.adminPort"),
+        (["--set", "attest.port=15006"], "attest.port = 15006: port already used by proxy.inbound[0].port"),
+        (["--set", "proxy.adminPort=15001"], "proxy.outbound[0].port = 15001: port already used by proxy.adminPort"),
+    ],
+)
+def test_one_port_one_listener(helm, args, message):
+    err = render_error(helm, "aks", args)
+    assert message in err, err
+    # attest off frees its ports.
+    render(helm, "aks", ["--set", "attest.enabled=false", "--set", "attest.adminPort=15000"])
+
+
+@pytest.mark.parametrize(
     "args,field",
     [
         (["--set", "metrics.expose=yes"], "expose"),

@@ -104,10 +104,11 @@ async fn handle(
     let r = match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => reply(StatusCode::OK, TEXT, "live\n"),
         (&Method::GET, "/ready") => {
-            if state.metrics.ready.get() == 1 {
-                reply(StatusCode::OK, TEXT, "ready\n")
-            } else if state.shutdown.is_cancelled() {
+            // Draining first: the drain task clears `ready` a moment after the cancel.
+            if state.shutdown.is_cancelled() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n")
+            } else if state.metrics.ready.get() == 1 {
+                reply(StatusCode::OK, TEXT, "ready\n")
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n")
             }

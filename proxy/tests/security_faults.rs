@@ -5,9 +5,19 @@
 //! the proxy's own metrics where the issue asks for a count.
 
 #![allow(clippy::unwrap_used, reason = "a failed step is a failed test")]
+#![allow(
+    clippy::float_cmp,
+    reason = "metric samples compared here are small whole numbers"
+)]
+#![allow(
+    clippy::too_many_lines,
+    reason = "a fault scenario reads best as one story"
+)]
 
 #[path = "security_support/app.rs"]
 mod app;
+#[path = "security_support/h2raw.rs"]
+mod h2raw;
 #[path = "security_support/net.rs"]
 mod net;
 #[path = "security_support/pki.rs"]
@@ -219,6 +229,19 @@ async fn unreachable_and_unresolvable_upstreams_fail_clearly_and_are_counted() {
         }
         let n = counted(&proxy, &before, UPSTREAM_FAILURES, &[("listener", name)]).await;
         assert!(n >= 1.0, "{name}: upstream failure not counted");
+        let dns = proxy.scrape().await.sum(
+            "enclaveid_proxy_dns_resolution_failures_total",
+            &[("listener", name)],
+        ) - before.sum(
+            "enclaveid_proxy_dns_resolution_failures_total",
+            &[("listener", name)],
+        );
+        let want = if name.starts_with("nxdomain") {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(dns, want, "{name}: dns_resolution_failures_total");
         // Let any second increment land, then check the settled count: one failed request
         // counts once.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -355,16 +378,27 @@ async fn deleted_or_garbled_certificate_files_leave_the_old_certificate_serving(
         open.write_all(b"y").await.unwrap();
         let mut b = [0u8; 1];
         open.read_exact(&mut b).await.unwrap();
-        println!("{name}: old certificate still served; reload failures counted {failures}");
-        // Missing files are taken for a rename in progress and retried silently (see
-        // docs/security.md); everything that was read and refused must be counted.
-        if !name.contains("deleted") {
-            assert!(
-                failures >= 1.0,
-                "{name}: the refused reload was not counted"
-            );
-        }
+        let failing = rig
+            .sidecar
+            .scrape()
+            .await
+            .sum("enclaveid_proxy_certificate_reload_failing", &[]);
+        println!("{name}: old certificate still served; reload failures counted {failures}; reload_failing {failing}");
+        // Missing files get one poll of grace (a writer mid-way), then count like the rest.
+        assert!(
+            failures >= 1.0,
+            "{name}: the refused reload was not counted"
+        );
+        assert_eq!(failing, 1.0, "{name}: certificate_reload_failing");
     }
+    // Each failure was warned about when it began; a lasting one is re-warned with backoff
+    // (1 s, 2 s, ... at this 100 ms poll interval), not at every poll.
+    let log = rig.sidecar.log_text();
+    let began = log.matches("certificate files unusable").count();
+    let again = log.matches("certificate files still unusable").count();
+    println!("log: {began} failure warnings, {again} repeats");
+    assert!(began >= steps.len(), "one warning per failure:\n{log}");
+    assert!(again <= 2 * steps.len(), "repeats are backed off:\n{log}");
 
     // Positive control: a good pair is picked up.
     replace(&dir, "ca.pem", rig.mesh.cert_pem.as_bytes());
@@ -382,6 +416,66 @@ async fn deleted_or_garbled_certificate_files_leave_the_old_certificate_serving(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let now = rig.sidecar.scrape().await;
+    assert_eq!(
+        now.sum("enclaveid_proxy_certificate_reload_failing", &[]),
+        0.0
+    );
+    assert!(now.sum("enclaveid_proxy_certificate_expiry_timestamp_seconds", &[]) > 1.7e9);
+}
+
+/// Reads an HTTP/1.1 response head (through the blank line), lower-cased.
+async fn head_of<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while app::find(&head, b"\r\n\r\n").is_none() {
+        let n = tokio::time::timeout(STEP, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no response head within {STEP:?}"))
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// Opens an h2 stream `GET https://backend{path}` on a raw connection.
+async fn h2_request(tls: &mut rig::Tls, path: &str) {
+    let mut block = vec![0x82, 0x87];
+    h2raw::literal_indexed_name(&mut block, 4, path.as_bytes());
+    h2raw::literal_indexed_name(&mut block, 1, b"backend");
+    let mut out = h2raw::opening();
+    out.extend(h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_STREAM | h2raw::END_HEADERS,
+        1,
+        &block,
+    ));
+    tls.write_all(&out).await.unwrap();
+}
+
+/// Reads frames until the server closes, answering its PINGs (the graceful GOAWAY waits for one).
+async fn h2_until_close(tls: &mut rig::Tls) -> h2raw::Reader {
+    let mut r = h2raw::Reader::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut answered = 0;
+    loop {
+        let n = tokio::time::timeout(STEP, tls.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("h2 connection left open for {STEP:?}: {r:?}"))
+            .unwrap_or(0);
+        if n == 0 {
+            return r;
+        }
+        r.feed(&buf[..n]);
+        while answered < r.pings.len() {
+            let pong = h2raw::frame(h2raw::PING, h2raw::ACK, 0, &r.pings[answered]);
+            answered += 1;
+            let _ = tls.write_all(&pong).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,17 +484,33 @@ async fn sigterm_drains_in_flight_requests_and_handshakes_then_exits_0() {
     opts.drain_timeout_ms = Some(10_000);
     let mut rig = rig_with(opts).await;
 
-    // Mid-request: the app answers after 1.5 s; SIGTERM lands while it is working.
+    // Mid-request, on HTTP/1.1 and on HTTP/2: the app answers after 1.5 s; SIGTERM lands while
+    // it is working.
     let mut in_flight = mtls(rig.inbound, &rig.client, b"http/1.1").await;
     in_flight
         .write_all(b"GET /in-flight HTTP/1.1\r\nhost: backend\r\n\r\n")
         .await
         .unwrap();
-    // Mid-handshake: TCP accepted, ClientHello not yet sent.
+    let mut in_flight_h2 = mtls(rig.inbound, &rig.client, b"h2").await;
+    h2_request(&mut in_flight_h2, "/h2-in-flight").await;
+    // Mid-handshake: TCP accepted, ClientHello not yet sent; one will speak HTTP/1.1, one h2.
     let half_open = TcpStream::connect(rig.inbound).await.unwrap();
+    let half_open_h2 = TcpStream::connect(rig.inbound).await.unwrap();
     let deadline = Instant::now() + STEP;
-    while !rig.app().seen.text().contains("/in-flight") {
-        assert!(Instant::now() < deadline, "request never reached the app");
+    loop {
+        let seen = rig.app().seen.text();
+        let accepted = rig.sidecar.scrape().await.sum(
+            "enclaveid_proxy_connections_opened_total",
+            &[("listener", "api")],
+        );
+        // "Accepted before the drain" is the contract: wait until the proxy has accepted all four.
+        if seen.contains("/in-flight") && seen.contains("/h2-in-flight") && accepted >= 4.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests never reached the app, or the connections were not accepted ({accepted})"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let signalled = Instant::now();
@@ -420,37 +530,59 @@ async fn sigterm_drains_in_flight_requests_and_handshakes_then_exits_0() {
     }
     assert_eq!(ready, Some(503), "/ready while draining");
 
-    // The handshake that was pending finishes and its request is served.
-    let config = attacker_config(
-        Some(&rig.client),
-        &[&rustls::version::TLS13],
-        &[b"http/1.1"],
-    );
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let late = tokio::time::timeout(STEP, connector.connect(name, half_open))
-        .await
-        .unwrap_or_else(|_| panic!("a handshake pending at SIGTERM was left hanging"));
-    let (late_status, late_end) = match late {
-        Ok(mut tls) => {
-            let _ = tls
-                .write_all(b"GET /late HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n")
-                .await;
-            (status_of(&mut tls).await, "handshake completed".to_owned())
+    // The handshakes that were pending finish, and their first request is answered: with
+    // `connection: close` on HTTP/1.1, with a GOAWAY on HTTP/2.
+    let handshake = |tcp: TcpStream, alpn: &'static [u8]| {
+        let config = attacker_config(Some(&rig.client), &[&rustls::version::TLS13], &[alpn]);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        async move {
+            tokio::time::timeout(STEP, connector.connect(name, tcp))
+                .await
+                .unwrap_or_else(|_| panic!("a handshake pending at SIGTERM was left hanging"))
+                .unwrap_or_else(|e| panic!("a handshake pending at SIGTERM was refused: {e}"))
         }
-        Err(e) => (None, format!("handshake closed: {e}")),
     };
-    assert_eq!(
-        status_of(&mut in_flight).await,
-        Some(200),
-        "the in-flight request"
+    let mut late = handshake(half_open, b"http/1.1").await;
+    late.write_all(b"GET /late HTTP/1.1\r\nhost: backend\r\n\r\n")
+        .await
+        .unwrap();
+    let mut late_h2 = handshake(half_open_h2, b"h2").await;
+    h2_request(&mut late_h2, "/late-h2").await;
+
+    let (late_head, in_flight_head) = (head_of(&mut late).await, head_of(&mut in_flight).await);
+    let (late_frames, in_flight_frames) = (
+        h2_until_close(&mut late_h2).await,
+        h2_until_close(&mut in_flight_h2).await,
     );
+    for (what, head) in [("in-flight", &in_flight_head), ("late", &late_head)] {
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "{what} HTTP/1.1 request: {head}"
+        );
+        assert!(
+            head.contains("\r\nconnection: close\r\n"),
+            "{what} HTTP/1.1 answer must say connection: close: {head}"
+        );
+    }
+    for (what, frames) in [("in-flight", &in_flight_frames), ("late", &late_frames)] {
+        assert!(
+            frames.headers >= 1,
+            "{what} h2 request unanswered: {frames:?}"
+        );
+        assert_eq!(
+            frames.goaway,
+            Some(0),
+            "{what} h2: GOAWAY NO_ERROR: {frames:?}"
+        );
+        assert_eq!(frames.rst, 0, "{what} h2: no stream reset: {frames:?}");
+    }
     let new_conn = TcpStream::connect(rig.inbound).await;
-    drop(in_flight);
+    drop((in_flight, late, in_flight_h2, late_h2));
     let code = rig.sidecar.exit_code(Duration::from_secs(12)).await;
     println!(
-        "SIGTERM: in-flight request 200; pending handshake -> {late_end}, request -> \
-         {late_status:?}; new connection after SIGTERM -> {}; exit {code:?} after {:?}",
+        "SIGTERM: in-flight and pending-handshake requests answered on HTTP/1.1 (connection: \
+         close) and h2 (GOAWAY); new connection after SIGTERM -> {}; exit {code:?} after {:?}",
         if new_conn.is_ok() {
             "accepted"
         } else {
@@ -458,16 +590,11 @@ async fn sigterm_drains_in_flight_requests_and_handshakes_then_exits_0() {
         },
         signalled.elapsed()
     );
-    // A connection still in its handshake has sent no request: finishing it or closing it are
-    // both clean. What must not happen: a hang, or a request half-delivered.
-    if late_status.is_none() {
-        assert!(
-            !rig.app().seen.text().contains("/late"),
-            "a cut request reached the app"
-        );
-    } else {
-        assert_eq!(late_status, Some(200));
-    }
+    let seen = rig.app().seen.text();
+    assert!(
+        seen.contains("/late") && seen.contains("/late-h2"),
+        "{seen}"
+    );
     assert!(
         new_conn.is_err(),
         "the listener still accepts after SIGTERM"

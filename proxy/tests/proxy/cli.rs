@@ -201,3 +201,80 @@ async fn unusable_tls_files_exit_1() {
         "{err}"
     );
 }
+
+async fn probe(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = within(
+        "probe",
+        Command::new(BIN)
+            .arg("probe")
+            .args(args)
+            .env_remove("ENCLAVEID_PROXY_CONFIG")
+            .output(),
+    )
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn probe_exits_0_on_2xx_1_otherwise_and_2_on_bad_usage() {
+    let pki = Pki::new();
+    let running = crate::harness::proxy(
+        &crate::harness::inbound_yaml(crate::harness::dead_port(), "tcp", ""),
+        &pki.workload("backend"),
+    )
+    .await;
+    let admin = running.admin_addr();
+    let url = |path: &str| format!("http://{admin}{path}");
+
+    let (code, out, err) = probe(&["--url", &url("/ready"), "--timeout-ms", "5000"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let (code, _, err) = probe(&["--url", &url("/nope")]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("404"), "{err}");
+
+    // Draining: /ready answers 503 (or, once drained, the admin port is gone): not ready.
+    running.shutdown();
+    let (code, _, err) = probe(&["--url", &url("/ready")]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("503 Service Unavailable: draining") || err.contains(&admin.to_string()),
+        "{err}"
+    );
+
+    // Nothing listening: a clear connect error.
+    let dead = crate::harness::dead_port();
+    let (code, _, err) = probe(&["--url", &format!("http://{dead}/ready")]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("connecting to"), "{err}");
+
+    // A listener that never answers: bounded by --timeout-ms.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (code, _, err) = probe(&[
+        "--url",
+        &format!("http://{addr}/ready"),
+        "--timeout-ms",
+        "300",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no answer within 300 ms"), "{err}");
+    drop(silent);
+
+    for bad in [
+        vec!["--url", "https://127.0.0.1:15000/ready"],
+        vec!["--url", "http://10.1.2.3:15000/ready"],
+        vec!["--timeout-ms", "soon"],
+        vec!["--timeout-ms", "0"],
+        vec!["--no-such-flag"],
+    ] {
+        let (code, _, err) = probe(&bad).await;
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+    }
+}

@@ -267,6 +267,49 @@ async fn http1_through_two_sidecars_with_unspoofable_xfcc_and_pooling() {
 }
 
 #[tokio::test]
+async fn concurrent_requests_share_one_h2_connection_between_sidecars() {
+    let app = http_app().await;
+    let m = mesh(app).await;
+    let before = SLOW_STARTED.load(std::sync::atomic::Ordering::SeqCst);
+    // Sixteen app connections, each with a request the app holds for 400 ms, all at once: over
+    // HTTP/1.1 that would take sixteen mTLS connections; over h2 they share one.
+    let out = m.outbound.outbound_addr(0);
+    let requests = (0..16).map(|i| async move {
+        let mut c = h1(out).await;
+        let req = Request::get(format!("/slow?i={i}"))
+            .header("host", "backend")
+            .body(Empty::new())
+            .unwrap();
+        let resp = c.send_request(req).await.unwrap();
+        (resp.status(), text(resp).await)
+    });
+    let answers = within(
+        "16 concurrent requests",
+        futures_util::future::join_all(requests),
+    )
+    .await;
+    for (status, body) in &answers {
+        assert_eq!((*status, body.as_str()), (StatusCode::OK, "slow done"));
+    }
+    assert!(SLOW_STARTED.load(std::sync::atomic::Ordering::SeqCst) >= before + 16);
+    let handshakes = metric(
+        &m.outbound,
+        "enclaveid_proxy_tls_handshakes_total",
+        &[("listener", "backend")],
+    );
+    let opened = metric(
+        &m.inbound,
+        "enclaveid_proxy_connections_opened_total",
+        &[("listener", "api")],
+    );
+    assert_eq!(
+        (handshakes, opened),
+        (1.0, 1.0),
+        "one mTLS connection (ALPN h2) carries every request"
+    );
+}
+
+#[tokio::test]
 async fn connection_cannot_nominate_the_identity_header_away() {
     let app = http_app().await;
     let m = mesh(app).await;
@@ -393,6 +436,41 @@ async fn bad_heads_get_431_and_400_and_a_dead_app_502() {
             "enclaveid_proxy_http_requests_total",
             &[("status_class", "2xx")],
         ) == 0.0
+    })
+    .await;
+    // hyper wrote those three answers itself; they are counted all the same.
+    eventually("hyper's own 431 and 400s counted", || {
+        metric(
+            &m.outbound,
+            "enclaveid_proxy_http_requests_total",
+            &[("listener", "backend"), ("status_class", "4xx")],
+        ) == 3.0
+    })
+    .await;
+    // The same on the inbound, over mTLS (HTTP/1.1 by ALPN): a header flood gets a counted 431.
+    let cfg = client_config(
+        &m.pki.ca.cert_pem(),
+        &m.pki.ca.workload("frontend"),
+        &[b"http/1.1"],
+    );
+    let mut tls = tls_connect(m.inbound.inbound_addr(0), cfg).await.unwrap();
+    let flood = (0..200).fold(String::new(), |mut s, i| {
+        std::fmt::Write::write_fmt(&mut s, format_args!("x-h{i}: v\r\n")).unwrap();
+        s
+    });
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: b\r\n{flood}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = within("431 over mTLS", tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    eventually("inbound 431 counted", || {
+        metric(
+            &m.inbound,
+            "enclaveid_proxy_http_requests_total",
+            &[("listener", "api"), ("status_class", "4xx")],
+        ) == 1.0
     })
     .await;
 

@@ -13,6 +13,7 @@ pub(crate) const DATA: u8 = 0x0;
 pub(crate) const HEADERS: u8 = 0x1;
 pub(crate) const RST_STREAM: u8 = 0x3;
 pub(crate) const SETTINGS: u8 = 0x4;
+pub(crate) const PING: u8 = 0x6;
 pub(crate) const GOAWAY: u8 = 0x7;
 pub(crate) const WINDOW_UPDATE: u8 = 0x8;
 pub(crate) const CONTINUATION: u8 = 0x9;
@@ -88,6 +89,8 @@ pub(crate) struct Reader {
     pub(crate) rst: usize,
     pub(crate) headers: usize,
     pub(crate) frames: usize,
+    /// Payloads of the PINGs (not ACKs) received, for a client that answers them.
+    pub(crate) pings: Vec<Vec<u8>>,
 }
 
 impl Reader {
@@ -113,6 +116,7 @@ impl Reader {
                     self.goaway = Some(code);
                 }
                 RST_STREAM => self.rst += 1,
+                PING if self.buf[4] & ACK == 0 => self.pings.push(self.buf[9..9 + len].to_vec()),
                 HEADERS => self.headers += 1,
                 _ => {}
             }

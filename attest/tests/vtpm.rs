@@ -1,7 +1,10 @@
 //! The `vtpm` provider against a real software TPM (swtpm, Debian) on loopback.
 //!
-//! The harness starts swtpm in socket mode on free loopback ports with its own state directory
-//! and kills it by PID on drop. It provisions what the Azure paravisor would: an AK (RSA 2048,
+//! The harness starts swtpm in socket mode with its own state directory and kills it by PID on
+//! drop. swtpm listens on Unix sockets in that directory; the TCTI's TCP ports (command port P,
+//! control port P+1) are listeners this test binds on `127.0.0.1:0` and holds for the whole
+//! test, forwarding each connection to swtpm's sockets. No port is ever released and re-bound,
+//! so a parallel test cannot take one, not even while swtpm restarts. It provisions what the Azure paravisor would: an AK (RSA 2048,
 //! restricted signing, RSASSA SHA-256) persisted at 0x81000003, and an HCL report in NV index
 //! 0x01400001 whose SNP report (signed by the simulated VCEK) commits to runtime-claims JSON
 //! holding that AK as the `HCLAkPub` JWK. The provider then produces evidence that the verifier
@@ -12,9 +15,14 @@
 
 mod common;
 
-use std::net::TcpListener;
+use std::io::ErrorKind;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -27,48 +35,137 @@ use rsa::traits::PublicKeyParts as _;
 /// swtpm's default limit for one NV index.
 const SWTPM_NV_LIMIT: usize = 2048;
 
-/// A swtpm process (daemonised, so its sockets listen before `start` returns).
+/// A swtpm process (daemonised, so its sockets listen before `launch` returns) behind the
+/// test's own TCP listeners.
 struct Swtpm {
     state: tempfile::TempDir,
     port: u16,
     pid: Option<u32>,
+    forwards: Vec<Forward>,
 }
 
-/// Two consecutive free loopback ports (swtpm's command port and, at +1, its control port).
-fn free_port_pair() -> u16 {
-    loop {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
+/// A loopback listener held by the test; each connection is piped to a Unix socket of swtpm.
+/// While swtpm is down the connect fails and the TCP connection is ended at once, which the
+/// TCTI sees as a dead TPM (a connection queued on a listener nobody serves would hang instead).
+struct Forward {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Forward {
+    fn start(listener: TcpListener, target: PathBuf) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(tcp) = tcp else { continue };
+                let Ok(unix) = UnixStream::connect(&target) else {
+                    refuse(tcp);
+                    continue;
+                };
+                pipe(tcp, unix);
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
         }
     }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag; then the listener closes with the thread.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Ends a connection while swtpm is down: a FIN, then whatever the client sent is read until it
+/// closes. Dropping the socket with the client's bytes unread would send a reset, and
+/// tcti-swtpm 3.2 takes a reset control exchange for a success (`read` returns -1 into a
+/// `size_t`); an orderly end is the clean "TPM unreachable" a refused connection used to give.
+fn refuse(tcp: TcpStream) {
+    std::thread::spawn(move || {
+        let mut tcp = tcp;
+        let _ = tcp.shutdown(Shutdown::Write);
+        let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+        let _ = std::io::copy(&mut tcp, &mut std::io::sink());
+    });
+}
+
+/// Copies both ways until either side ends; each direction passes its EOF on as a shutdown.
+fn pipe(tcp: TcpStream, unix: UnixStream) {
+    let (tcp_back, unix_back) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let (mut from, mut to) = (tcp, unix);
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let (mut from, mut to) = (unix_back, tcp_back);
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// Two listeners on consecutive loopback ports (the TCTI's command port P and control port
+/// P+1), both bound here and kept: P from `127.0.0.1:0`, then P+1 if it is free, else again.
+fn listener_pair() -> (TcpListener, TcpListener) {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port == u16::MAX {
+            continue;
+        }
+        match TcpListener::bind(("127.0.0.1", port + 1)) {
+            Ok(second) => return (first, second),
+            Err(e) if e.kind() == ErrorKind::AddrInUse => {}
+            Err(e) => panic!("binding 127.0.0.1:{}: {e}", port + 1),
+        }
+    }
+    panic!("no two consecutive free loopback ports in 100 tries");
 }
 
 impl Swtpm {
     fn start() -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let (command, control) = listener_pair();
+        let port = command.local_addr().unwrap().port();
+        let forwards = vec![
+            Forward::start(command, state.path().join("cmd.sock")),
+            Forward::start(control, state.path().join("ctrl.sock")),
+        ];
         let mut swtpm = Self {
-            state: tempfile::tempdir().unwrap(),
-            port: 0,
+            state,
+            port,
             pid: None,
+            forwards,
         };
-        for _ in 0..10 {
-            swtpm.port = free_port_pair();
-            if swtpm.launch() {
-                return swtpm;
-            }
-        }
-        panic!(
+        assert!(
+            swtpm.launch(),
             "swtpm did not start; see {}",
             swtpm.state.path().join("log").display()
         );
+        swtpm
     }
 
-    /// Starts swtpm on `self.port` with the state directory; false if it could not bind.
+    /// Starts swtpm on the state directory's Unix sockets; false if it did not start.
     fn launch(&mut self) -> bool {
         let dir = self.state.path();
         let pid_file = dir.join("swtpm.pid");
-        let _ = std::fs::remove_file(&pid_file);
+        for stale in [&pid_file, &dir.join("cmd.sock"), &dir.join("ctrl.sock")] {
+            let _ = std::fs::remove_file(stale);
+        }
         let status = Command::new("swtpm")
             .args(["socket", "--tpm2", "--daemon"])
             .arg("--pid")
@@ -76,11 +173,14 @@ impl Swtpm {
             .arg("--tpmstate")
             .arg(format!("dir={}", dir.display()))
             .arg("--server")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port))
+            .arg(format!(
+                "type=unixio,path={}",
+                dir.join("cmd.sock").display()
+            ))
             .arg("--ctrl")
             .arg(format!(
-                "type=tcp,port={},bindaddr=127.0.0.1",
-                self.port + 1
+                "type=unixio,path={}",
+                dir.join("ctrl.sock").display()
             ))
             .args(["--flags", "not-need-init,startup-clear"])
             .arg("--log")
@@ -99,11 +199,12 @@ impl Swtpm {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 
-    /// Kills swtpm by PID and waits until it is gone (the state directory stays).
+    /// Kills swtpm by PID and waits until it is gone (the state directory and the test's
+    /// listeners stay).
     fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
-            // Bounded wait for the process to exit, so the ports are free for a restart.
+            // Bounded wait for the process to exit, so its state is released for a restart.
             for _ in 0..200 {
                 let alive = Command::new("kill")
                     .args(["-0", &pid.to_string()])
@@ -219,6 +320,7 @@ impl Swtpm {
 impl Drop for Swtpm {
     fn drop(&mut self) {
         self.stop();
+        self.forwards.clear();
     }
 }
 

@@ -219,3 +219,15 @@ def test_tpm_device_plugin_addon_matches_the_chart(kubernetes_validate):
     assert [p["path"] for p in group["paths"]] == [values["aks"]["vtpm"]["tcti"].split(":", 1)[1]]
     assert group["count"] >= 2, "one workload pod holds two units (renew and attest)"
     assert ds["metadata"]["namespace"] == "kube-system", "the one privileged piece stays out of workload namespaces"
+
+
+def test_init_env_reaches_the_vault_clients_only(helm):
+    env = ["--set", "init.env[0].name=AZURE_AUTHORITY_HOST", "--set", "init.env[0].value=https://login.microsoftonline.us/"]
+    spec = pod_spec(render(helm, "aks", env))
+    for _, c in containers(spec):
+        names = [e["name"] for e in c.get("env", [])]
+        assert ("AZURE_AUTHORITY_HOST" in names) is (c["name"] in ("init-secrets", "init-proxy", "renew")), c["name"]
+    test_pod = one(render(helm, "aks", env), "Pod", "-test-mesh")["spec"]
+    assert "AZURE_AUTHORITY_HOST" in [e["name"] for e in by_name(test_pod, "init-proxy")["env"]]
+    err = render_error(helm, "aks", ["--set", "init.env[0].name=RUST_LOG", "--set", "init.env[0].value=trace"])
+    assert "init/env/0/name" in err, err

@@ -22,6 +22,9 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
     {{- end }}
   env:
     {{- include "enclaveid.commonEnv" . | nindent 4 }}
+    {{- with .Values.init.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   securityContext:
     {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
   resources:
@@ -58,6 +61,9 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
     {{- end }}
   env:
     {{- include "enclaveid.commonEnv" . | nindent 4 }}
+    {{- with .Values.init.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   securityContext:
     {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
   resources:
@@ -147,6 +153,9 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
     {{- end }}
   env:
     {{- include "enclaveid.commonEnv" $root | nindent 4 }}
+    {{- with $root.Values.init.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   securityContext:
     {{- include "enclaveid.containerSecurityContext" $root | nindent 4 }}
   resources:

@@ -197,3 +197,66 @@ async fn a_two_ca_bundle_trusts_both_and_resumption_is_off() {
     }
     assert_eq!(app.reached().0, 4);
 }
+
+#[tokio::test]
+async fn an_upstream_dns_name_is_resolved_through_the_cache() {
+    let pki = Pki::new();
+    let echo = EchoApp::start().await;
+    let web = crate::http::http_app().await;
+    for protocol in ["tcp", "http"] {
+        let app = if protocol == "tcp" { echo.addr } else { web };
+        let inbound = proxy(&inbound_yaml(app, protocol, ""), &pki.workload("backend")).await;
+        let addr = inbound.inbound_addr(0);
+        // `localhost` (from /etc/hosts) may also resolve to ::1, where nothing listens: the dial
+        // tries each address of the cached answer in turn.
+        let yaml = outbound_yaml(addr, protocol, BACKEND)
+            .replace(
+                &format!("upstream: {addr}"),
+                &format!("upstream: localhost:{}", addr.port()),
+            )
+            .replace(
+                "outbound:\n",
+                "dns: { cache_ttl_ms: 60000, cache_max_entries: 4 }\noutbound:\n",
+            );
+        assert!(yaml.contains("upstream: localhost:"), "{yaml}");
+        let outbound = proxy(&yaml, &pki.workload("frontend")).await;
+        for i in 0..3u8 {
+            let mut c = TcpStream::connect(outbound.outbound_addr(0)).await.unwrap();
+            if protocol == "tcp" {
+                c.write_all(&[i; 16]).await.unwrap();
+                let mut back = [0u8; 16];
+                within("echo via localhost", c.read_exact(&mut back))
+                    .await
+                    .unwrap();
+                assert_eq!(back, [i; 16]);
+            } else {
+                c.write_all(b"GET /headers HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut answer = Vec::new();
+                within("answer via localhost", c.read_to_end(&mut answer))
+                    .await
+                    .unwrap();
+                let answer = String::from_utf8_lossy(&answer);
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            }
+        }
+        assert_eq!(
+            metric(
+                &outbound,
+                "enclaveid_proxy_dns_resolution_failures_total",
+                &[("listener", "backend")]
+            ),
+            0.0
+        );
+        assert_eq!(
+            metric(
+                &inbound,
+                "enclaveid_proxy_tls_handshakes_total",
+                &[("listener", "api")]
+            ),
+            if protocol == "tcp" { 3.0 } else { 1.0 },
+            "{protocol}: the peer was dialled by name (http: one pooled h2 connection)"
+        );
+    }
+}

@@ -4,10 +4,10 @@
 //! anything we choose, so the transfer key cannot ride in it. Azure's guest attestation binds
 //! it through the vTPM instead, and this module does the TPM half of that:
 //!
-//! - the HCL report (NV `0x01400001`), the AK (`0x81000003`), a quote of all 24 SHA-256 PCRs
-//!   by the AK over a fresh nonce and the PCR values, read through the attest crate's `vtpm`
-//!   provider; the AK public area (`TPM2B_PUBLIC`) and, if provisioned, its certificate
-//!   (NV `0x01C101D0`);
+//! - the HCL report (NV `0x01400001`, the attest crate's index and parser), the AK
+//!   (`0x81000003`), its public area (`TPM2B_PUBLIC`) and, if provisioned, its certificate
+//!   (NV `0x01C101D0`); a quote of SHA-256 PCRs 0–7 (the PCRs Azure's Linux guest attestation
+//!   quotes and binds the key to) by the AK over a fresh nonce, and their values;
 //! - the transfer key: an RSA-2048 decrypt-only primary key in the NULL hierarchy
 //!   (`fixedTPM | fixedParent | sensitiveDataOrigin`, no `sign`, no `userWithAuth`), whose use
 //!   is gated by a `PolicyPCR` over PCRs 0–7, certified by the AK (`TPM2_Certify`, qualifying
@@ -24,10 +24,9 @@ use std::str::FromStr as _;
 use std::sync::Mutex;
 
 use enclaveid_attest::provider::vcek::VcekResolver;
-use enclaveid_attest::provider::vtpm::VtpmProvider;
-use enclaveid_attest::provider::{ProviderConfig, ProviderKind, VcekSource};
+use enclaveid_attest::provider::{VcekSource, AK_HANDLE, HCL_REPORT_NV_INDEX};
 use sha2::{Digest as _, Sha256};
-use tss_esapi::abstraction::nv;
+use tss_esapi::abstraction::{nv, pcr};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::handles::{KeyHandle, NvIndexTpmHandle, TpmHandle};
@@ -72,7 +71,7 @@ pub enum GuestTpmError {
         /// Why.
         reason: String,
     },
-    /// The attest crate's vtpm provider failed (HCL report, AK, quote, VCEK).
+    /// The HCL report or the VCEK chain is unusable.
     #[error("vtpm evidence: {0}")]
     Evidence(String),
     /// A TPM command failed.
@@ -166,7 +165,7 @@ pub struct GuestEvidence {
     pub quote: Vec<u8>,
     /// The quote signature.
     pub quote_signature: Vec<u8>,
-    /// SHA-256 PCRs 0 to 23 as quoted.
+    /// SHA-256 PCRs 0 to 7 as quoted.
     pub pcrs: Vec<[u8; 32]>,
     /// The transfer key.
     pub key: TpmKeyRef,
@@ -204,7 +203,6 @@ pub enum Decryption {
 #[derive(Debug)]
 pub struct GuestTpm {
     tcti: String,
-    provider: VtpmProvider,
     vcek: VcekResolver,
     tcg_log: PathBuf,
     lock: Mutex<()>,
@@ -222,13 +220,12 @@ fn pcr_slots(range: std::ops::RangeInclusive<u8>) -> Vec<PcrSlot> {
 impl GuestTpm {
     /// Checks the options; the TPM is contacted per call.
     pub fn new(options: &VtpmOptions) -> Result<Self, GuestTpmError> {
-        let mut config = ProviderConfig::new(ProviderKind::Vtpm);
-        config.tcti.clone_from(&options.tcti);
-        config.vcek = options.vcek.clone();
-        let provider = VtpmProvider::new(&config).map_err(|e| GuestTpmError::Config {
+        TctiNameConf::from_str(&options.tcti).map_err(|_| GuestTpmError::Config {
             field: "--tcti",
             value: options.tcti.clone(),
-            reason: e.to_string(),
+            reason: "not a tpm2-tss TCTI: use device:/dev/tpmrm0, swtpm:host=H,port=P, \
+                     mssim:host=H,port=P or tabrmd:..."
+                .into(),
         })?;
         let source = match &options.vcek {
             VcekSource::Auto | VcekSource::Report => {
@@ -238,7 +235,6 @@ impl GuestTpm {
         };
         Ok(Self {
             tcti: options.tcti.clone(),
-            provider,
             vcek: VcekResolver::new(source, None, None),
             tcg_log: options.tcg_log.clone(),
             lock: Mutex::new(()),
@@ -256,10 +252,12 @@ impl GuestTpm {
     /// Collects the evidence for one release: quote and certify over `nonce`, a fresh
     /// transfer key. Blocking.
     pub fn collect(&self, nonce: &[u8; 32]) -> Result<GuestEvidence, GuestTpmError> {
-        let (hcl_report, _ak_pem, quote) = self
-            .provider
-            .read(nonce)
-            .map_err(|e| GuestTpmError::Evidence(e.to_string()))?;
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut context = self.context()?;
+        let hcl_report = read_hcl_report(&mut context)?;
         let parsed = enclaveid_attest_verifier::hcl::HclReport::parse(&hcl_report)
             .map_err(|e| GuestTpmError::Evidence(format!("HCL report: {e}")))?;
         let chain = self
@@ -272,18 +270,14 @@ impl GuestTpm {
             vcek_chain_pem.push('\n');
         }
 
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut context = self.context()?;
         let ak = ak_handle(&mut context)?;
         let (ak_public, _, _) = context
             .read_public(ak)
             .map_err(tpm("reading the AK public area"))?;
         let ak_cert = read_ak_cert(&mut context);
+        let quote = quote_pcrs(&mut context, ak, nonce)?;
 
-        let policy = pcr_policy_digest(&quote.pcrs[..POLICY_PCRS.count()]);
+        let policy = pcr_policy_digest(&quote.pcrs);
         let unique: [u8; 32] = rand::random();
         let (handle, public) = create_transfer_key(&mut context, unique, policy)?;
         let certified = context.execute_with_sessions(
@@ -360,9 +354,72 @@ impl GuestTpm {
     }
 }
 
+/// A quote and the values it covers.
+struct Quote {
+    message: Vec<u8>,
+    signature: Vec<u8>,
+    pcrs: Vec<[u8; 32]>,
+}
+
+fn read_hcl_report(context: &mut Context) -> Result<Vec<u8>, GuestTpmError> {
+    let index = NvIndexTpmHandle::new(HCL_REPORT_NV_INDEX).map_err(tpm("HCL NV index"))?;
+    context.set_sessions((Some(AuthSession::Password), None, None));
+    let hcl = nv::read_full(context, NvAuth::Owner, index);
+    context.clear_sessions();
+    hcl.map_err(tpm("reading the HCL report from NV 0x01400001"))
+}
+
+/// `TPM2_Quote` of SHA-256 PCRs 0–7 by the AK with `extraData` = `nonce`, and the PCR values.
+fn quote_pcrs(
+    context: &mut Context,
+    ak: KeyHandle,
+    nonce: &[u8; 32],
+) -> Result<Quote, GuestTpmError> {
+    let selection = PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &pcr_slots(POLICY_PCRS))
+        .build()
+        .map_err(tpm("PCR selection"))?;
+    let (attest, signature) = context
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.quote(
+                ak,
+                Data::try_from(nonce.to_vec())?,
+                SignatureScheme::Null,
+                selection.clone(),
+            )
+        })
+        .map_err(tpm("TPM2_Quote"))?;
+    let Signature::RsaSsa(signature) = signature else {
+        return Err(GuestTpmError::Tpm {
+            what: "TPM2_Quote",
+            reason: "the AK did not sign with RSASSA (is it the Azure AK?)".into(),
+        });
+    };
+    let values = pcr::read_all(context, selection).map_err(tpm("TPM2_PCR_Read"))?;
+    let bank = values
+        .pcr_bank(HashingAlgorithm::Sha256)
+        .ok_or(GuestTpmError::Tpm {
+            what: "TPM2_PCR_Read",
+            reason: "no SHA-256 PCR bank".into(),
+        })?;
+    let pcrs = bank
+        .into_iter()
+        .map(|(_, digest)| {
+            <[u8; 32]>::try_from(digest.value()).map_err(|_| GuestTpmError::Tpm {
+                what: "TPM2_PCR_Read",
+                reason: "a SHA-256 PCR is not 32 bytes".into(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Quote {
+        message: attest.marshall().map_err(tpm("marshalling TPMS_ATTEST"))?,
+        signature: signature.signature().value().to_vec(),
+        pcrs,
+    })
+}
+
 fn ak_handle(context: &mut Context) -> Result<KeyHandle, GuestTpmError> {
-    let handle =
-        TpmHandle::try_from(enclaveid_attest::provider::AK_HANDLE).map_err(tpm("AK handle"))?;
+    let handle = TpmHandle::try_from(AK_HANDLE).map_err(tpm("AK handle"))?;
     context
         .tr_from_tpm_public(handle)
         .map(KeyHandle::from)

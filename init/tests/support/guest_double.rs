@@ -201,12 +201,15 @@ impl GuestMaa {
         }
         let mut digest = Sha256::new();
         let pcrs = tpm["PCRs"].as_array().ok_or("PCRs missing")?;
+        let mut pcr_values = Vec::new();
         for index in &pcr_set {
             let pcr = pcrs
                 .iter()
                 .find(|p| p["Index"].as_u64() == Some(*index))
                 .ok_or(format!("PCR {index} missing"))?;
-            digest.update(b64(&pcr["Digest"], "PCRs.Digest")?);
+            let value = b64(&pcr["Digest"], "PCRs.Digest")?;
+            digest.update(&value);
+            pcr_values.push(value);
         }
         if quoted.pcr_digest().value() != &digest.finalize()[..] {
             return Err("the PCR values do not match the quote's PCR digest".into());
@@ -240,11 +243,15 @@ impl GuestMaa {
         }
         let Public::Rsa {
             object_attributes: attributes,
+            auth_policy,
             ..
         } = &enc_public
         else {
             return Err("EncKeyPub is not RSA".into());
         };
+        if auth_policy.value() != pcr_policy(&pcr_set, &pcr_values) {
+            return Err("EncKeyPub's policy does not bind the quoted PCR values".into());
+        }
         if !(attributes.decrypt()
             && !attributes.sign_encrypt()
             && attributes.fixed_tpm()
@@ -261,6 +268,28 @@ impl GuestMaa {
             host_data: hex::encode(&snp[0xC0..0xE0]),
         })
     }
+}
+
+/// `PolicyPCR` from an empty policy over SHA-256 PCRs `set` with `values`: SHA-256(0³² ‖
+/// `TPM_CC_PolicyPCR` ‖ `TPML_PCR_SELECTION` ‖ SHA-256(values)).
+fn pcr_policy(set: &[u64], values: &[Vec<u8>]) -> Vec<u8> {
+    let mut select = [0u8; 3];
+    for &i in set {
+        select[usize::try_from(i / 8).unwrap()] |= 1 << (i % 8);
+    }
+    let mut pcr_digest = Sha256::new();
+    for v in values {
+        pcr_digest.update(v);
+    }
+    let mut policy = Sha256::new();
+    policy.update([0u8; 32]);
+    policy.update(0x0000_017F_u32.to_be_bytes());
+    policy.update(1u32.to_be_bytes());
+    policy.update(0x000B_u16.to_be_bytes());
+    policy.update([3u8]);
+    policy.update(select);
+    policy.update(pcr_digest.finalize());
+    policy.finalize().to_vec()
 }
 
 /// The AK certificate must be issued by `root` for exactly the AK.

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,11 +47,19 @@ pub(crate) enum Mode {
 #[derive(Default)]
 pub(crate) struct PeerProtocol {
     state: AtomicU8,
+    /// One probe at a time.
     probe: tokio::sync::Mutex<()>,
+    /// Failed probes so far: requests queued behind a probe that failed fail with it instead of
+    /// each waiting out its own connect timeout in turn.
+    failed_probes: AtomicU64,
     /// The probe's connection, handed to the next dial that can use it (so learning costs no
-    /// extra handshake).
-    spare: Mutex<Option<MeshConn>>,
+    /// extra handshake), if it is still fresh.
+    spare: Mutex<Option<(Instant, MeshConn)>>,
 }
+
+/// A spare connection older than this is dropped rather than handed out (the peer may have
+/// closed it by then).
+const SPARE_FOR: Duration = Duration::from_secs(5);
 
 // 0 (the default): not known yet.
 const H2: u8 = 1;
@@ -63,17 +71,36 @@ impl PeerProtocol {
         if let Some(h2) = self.known() {
             return Ok(h2);
         }
+        let failed_before = self.failed_probes.load(Ordering::Acquire);
         let _one_probe = self.probe.lock().await;
         if let Some(h2) = self.known() {
             return Ok(h2);
         }
-        let conn = learn.clone().dial().await?;
-        let h2 = conn.h2;
+        if self.failed_probes.load(Ordering::Acquire) != failed_before {
+            // The probe this request waited for failed: the peer is unreachable right now.
+            return Err(learn.upstream_failed(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "the peer could not be reached by the request queued ahead",
+            )));
+        }
+        match learn.clone().dial().await {
+            Ok(conn) => {
+                let h2 = conn.h2;
+                self.keep_spare(conn);
+                Ok(h2)
+            }
+            Err(e) => {
+                self.failed_probes.fetch_add(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    fn keep_spare(&self, conn: MeshConn) {
         *self
             .spare
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
-        Ok(h2)
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), conn));
     }
 
     fn known(&self) -> Option<bool> {
@@ -101,8 +128,14 @@ impl PeerProtocol {
             .spare
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if spare.as_ref().is_some_and(|c| c.h2 || !want_h2) {
-            spare.take()
+        if spare
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() > SPARE_FOR)
+        {
+            *spare = None;
+        }
+        if spare.as_ref().is_some_and(|(_, c)| c.h2 || !want_h2) {
+            spare.take().map(|(_, c)| c)
         } else {
             None
         }
@@ -180,10 +213,7 @@ impl MeshConnector {
                 }
                 // The peer stopped offering h2: keep the connection for the HTTP/1.1 client,
                 // which the next request will pick. This request gets a 502.
-                *peer
-                    .spare
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(c);
+                peer.keep_spare(c);
                 Err(io::Error::other("the peer no longer negotiates h2"))
             }
             Mode::Http1 => self.dial().await,

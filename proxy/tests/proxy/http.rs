@@ -504,3 +504,59 @@ async fn bad_heads_get_431_and_400_and_a_dead_app_502() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn requests_queued_behind_a_failed_protocol_probe_fail_with_it() {
+    // A peer that accepts TCP and never answers the ClientHello: the first request's probe
+    // waits out the handshake timeout; the requests queued behind it must not each wait out
+    // their own (and each open one more connection).
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let pki = Pki::new();
+    let yaml = outbound_yaml(addr, "http", BACKEND)
+        .replace("handshake_timeout_ms: 500", "handshake_timeout_ms: 3000");
+    let outbound = proxy(&yaml, &pki.workload("frontend")).await;
+    let out = outbound.outbound_addr(0);
+    let requests = (0..8).map(|_| async move {
+        let mut c = h1(out).await;
+        let req = Request::get("/")
+            .header("host", "backend")
+            .body(Empty::new())
+            .unwrap();
+        c.send_request(req).await.unwrap().status()
+    });
+    let statuses = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(requests),
+    )
+    .await
+    .expect("requests behind a failed probe hung");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::BAD_GATEWAY),
+        "{statuses:?}"
+    );
+    let dialled = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(dialled < 8, "one probe per request: {dialled} connections");
+    assert_eq!(
+        metric(
+            &outbound,
+            "enclaveid_proxy_upstream_failures_total",
+            &[("listener", "backend")]
+        ) + metric(
+            &outbound,
+            "enclaveid_proxy_tls_handshake_failures_total",
+            &[("listener", "backend"), ("reason", "handshake_timeout")]
+        ),
+        8.0,
+        "every failed request is counted once"
+    );
+}

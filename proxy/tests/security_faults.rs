@@ -392,12 +392,26 @@ async fn deleted_or_garbled_certificate_files_leave_the_old_certificate_serving(
         assert_eq!(failing, 1.0, "{name}: certificate_reload_failing");
     }
     // Each failure was warned about when it began; a lasting one is re-warned with backoff
-    // (1 s, 2 s, ... at this 100 ms poll interval), not at every poll.
+    // (1 s, then 2 s, 4 s, ... at this 100 ms poll interval), not at every poll. The last one
+    // (ca.pem garbled) lasts until the first repeat.
+    let deadline = Instant::now() + STEP;
+    while !rig
+        .sidecar
+        .log_text()
+        .contains("certificate files still unusable")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a lasting failure was never warned again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = rig.sidecar.log_text();
     let began = log.matches("certificate files unusable").count();
     let again = log.matches("certificate files still unusable").count();
     println!("log: {began} failure warnings, {again} repeats");
     assert!(began >= steps.len(), "one warning per failure:\n{log}");
+    assert!(again >= 1, "{log}");
     assert!(again <= 2 * steps.len(), "repeats are backed off:\n{log}");
 
     // Positive control: a good pair is picked up.

@@ -243,8 +243,8 @@ async fn serve<T>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut tick = tokio::time::interval_at(Instant::now() + idle, idle);
-    let grace = tokio::time::sleep(idle);
-    tokio::pin!(grace);
+    // Created (boxed) only once a drain begins: it would otherwise size every connection task.
+    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let (mut seen, mut draining, mut closing) = (0, false, false);
     // Drain: this connection was accepted before it began. Once it has received a request, hyper
     // is told to finish: the request in flight is answered (`connection: close` on HTTP/1.1,
@@ -267,13 +267,13 @@ async fn serve<T>(
             }
             () = shared.shutdown.cancelled(), if !draining => {
                 draining = true;
-                grace.as_mut().reset(Instant::now() + first_request_grace);
+                grace = Some(Box::pin(tokio::time::sleep(first_request_grace)));
             }
             () = requested.notified(), if draining && !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = &mut grace, if draining && !closing => {
+            () = async { if let Some(g) = grace.as_mut() { g.await } }, if draining && !closing => {
                 closing = true;
                 debug!(listener = listener.name(), peer = %peer, "draining: no request on this connection");
                 conn.as_mut().graceful_shutdown();

@@ -8,7 +8,8 @@
 #   rig_port         prints a free loopback port
 #   rig_write_echo   writes echo.py, the asyncio echo backend
 #   rig_start_pair   starts echo.py on $APP and the proxies from backend.yaml / frontend.yaml,
-#                    sets $PID_IN / $PID_OUT and waits for both /ready ($ADMIN_IN, $ADMIN_OUT)
+#                    sets $PID_IN / $PID_OUT and waits for both /ready ($ADMIN_IN, $ADMIN_OUT);
+#                    exits 1 with the sidecars' last log lines if one is not ready in 10 s
 
 rig_proxy_bin() {
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}"
@@ -70,5 +71,12 @@ rig_start_pair() {
   "$bin" run --config frontend.yaml > frontend.log 2>&1 & pids+=($!); PID_OUT=$!
   for a in "$ADMIN_IN" "$ADMIN_OUT"; do
     for _ in $(seq 100); do curl -fs "http://127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
+    # A port taken between rig_port and the bind, or a bad config: say so instead of measuring
+    # a sidecar that is not there.
+    if ! curl -fs "http://127.0.0.1:$a/ready" >/dev/null; then
+      echo "a sidecar (admin port $a) is not ready after 10 s:" >&2
+      tail -n 5 backend.log frontend.log >&2
+      exit 1
+    fi
   done
 }

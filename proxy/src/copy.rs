@@ -1,8 +1,14 @@
 //! The `tcp` data path: one future per connection copies both directions. Each direction ends on
-//! its own (a read EOF becomes a write shutdown on the other side: half-close), buffers start
-//! small and grow only for connections that fill them, and an idle check costs one timer per
-//! idle period instead of one per read.
+//! its own (a read EOF becomes a write shutdown on the other side: half-close), and an idle check
+//! costs one timer per idle period instead of one per read.
+//!
+//! Memory: an idle connection holds no copy buffer. Every read goes into one scratch buffer per
+//! thread (`SCRATCH`, 64 KiB, so a bulk read fills whole 16 KiB TLS records) and is written
+//! straight on; only the bytes the writer does not take at once are copied into a private buffer
+//! of that connection, which is freed again as soon as it is drained and the reader has nothing
+//! more (ztunnel's "start small, grow with traffic", taken to zero while idle).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -13,23 +19,33 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// First buffer size per direction.
-const INITIAL_BUF: usize = 4 * 1024;
-/// Largest buffer size per direction.
-const MAX_BUF: usize = 64 * 1024;
+/// Size of the per-thread read buffer: the most one read takes from a socket.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    /// The read buffer shared by every connection polled on this thread. It is borrowed only
+    /// inside one synchronous `poll_read` + `poll_write` step, never across an await.
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// What one read-and-write step through the scratch buffer did.
+enum Step {
+    /// The reader has nothing now.
+    Idle,
+    /// Bytes moved (some may be left in `pending`).
+    Moved,
+    /// The reader reached its end.
+    Eof,
+}
 
 /// One direction of the copy.
-#[allow(
-    clippy::struct_excessive_bools,
-    reason = "a small state machine's flags"
-)]
 struct Half {
-    buf: Box<[u8]>,
+    /// Bytes read but not yet taken by the writer; empty (no allocation) while idle.
+    pending: Vec<u8>,
+    /// How much of `pending` is written.
     pos: usize,
-    cap: usize,
     read_done: bool,
     need_flush: bool,
-    grow: bool,
     done: bool,
     total: u64,
 }
@@ -37,15 +53,68 @@ struct Half {
 impl Half {
     fn new() -> Self {
         Self {
-            buf: vec![0; INITIAL_BUF].into_boxed_slice(),
+            pending: Vec::new(),
             pos: 0,
-            cap: 0,
             read_done: false,
             need_flush: false,
-            grow: false,
             done: false,
             total: 0,
         }
+    }
+
+    fn wrote(&mut self, n: usize, counter: &IntCounter) {
+        self.total += n as u64;
+        counter.inc_by(n as u64);
+        self.need_flush = true;
+    }
+
+    /// Reads once into the scratch buffer and writes what it got; keeps what the writer did
+    /// not take in `pending`.
+    fn step<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        counter: &IntCounter,
+    ) -> io::Result<Step>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        SCRATCH_BUF.with_borrow_mut(|buf| {
+            let mut rb = ReadBuf::new(buf);
+            let n = match r.poll_read(cx, &mut rb) {
+                Poll::Pending => return Ok(Step::Idle),
+                // A TLS peer that closes TCP without close_notify ends its direction like an
+                // EOF; the bytes it did send were authenticated and are delivered.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Ok(Step::Eof)
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => rb.filled().len(),
+            };
+            if n == 0 {
+                return Ok(Step::Eof);
+            }
+            let mut off = 0;
+            while off < n {
+                match w.as_mut().poll_write(cx, &buf[off..n]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(k)) => {
+                        off += k;
+                        self.wrote(k, counter);
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+            if off < n {
+                self.pending.clear();
+                self.pending.extend_from_slice(&buf[off..n]);
+                self.pos = 0;
+            }
+            Ok(Step::Moved)
+        })
     }
 
     fn poll_copy<R, W>(
@@ -60,53 +129,40 @@ impl Half {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if self.pos == self.cap && !self.read_done {
-                if self.grow {
-                    self.buf = vec![0; (self.buf.len() * 2).min(MAX_BUF)].into_boxed_slice();
-                    self.grow = false;
-                }
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match r.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Pending => {
-                        if self.need_flush {
-                            ready!(w.as_mut().poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
-                    // A TLS peer that closes TCP without close_notify ends its direction like
-                    // an EOF; the bytes it did send were authenticated and are delivered.
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        self.read_done = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            self.grow = n == self.buf.len() && self.buf.len() < MAX_BUF;
-                            self.pos = 0;
-                            self.cap = n;
-                        }
-                    }
-                }
-            }
-            while self.pos < self.cap {
-                let n = ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))?;
+            while self.pos < self.pending.len() {
+                let n = ready!(w.as_mut().poll_write(cx, &self.pending[self.pos..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.pos += n;
-                self.total += n as u64;
-                counter.inc_by(n as u64);
-                self.need_flush = true;
+                self.wrote(n, counter);
             }
-            if self.pos == self.cap && self.read_done {
+            if self.pos > 0 {
+                // Drained: keep the allocation for the next slow write of this burst.
+                self.pending.clear();
+                self.pos = 0;
+            }
+            if self.read_done {
                 ready!(w.as_mut().poll_flush(cx))?;
                 ready!(w.as_mut().poll_shutdown(cx))?;
                 self.done = true;
+                self.pending = Vec::new();
                 return Poll::Ready(Ok(()));
+            }
+            match self.step(cx, r.as_mut(), w.as_mut(), counter)? {
+                Step::Moved => {}
+                Step::Eof => self.read_done = true,
+                Step::Idle => {
+                    // Nothing pending and nothing to read: give the private buffer back.
+                    if self.pending.capacity() > 0 {
+                        self.pending = Vec::new();
+                    }
+                    if self.need_flush {
+                        ready!(w.as_mut().poll_flush(cx))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -247,5 +303,37 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_copy_buffer() {
+        use futures_util::FutureExt;
+        let (mut client, mut a) = tokio::io::duplex(64 * 1024);
+        // The server side takes 16 bytes at a time, so the copy is left holding the rest.
+        let (mut b, mut server) = tokio::io::duplex(16);
+        let c = IntCounter::new("c", "c").unwrap();
+        let mut copy = bidirectional(&mut a, &mut b, &c, &c, Duration::from_secs(30));
+        assert!((&mut copy).now_or_never().is_none());
+        assert_eq!(copy.a_to_b.pending.capacity(), 0, "nothing read yet");
+        let sent: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        assert!((&mut copy).now_or_never().is_none());
+        assert!(
+            copy.a_to_b.pending.capacity() > 0,
+            "a slow writer leaves bytes pending"
+        );
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < sent.len() {
+            tokio::select! {
+                r = &mut copy => panic!("the copy ended early: {r:?}"),
+                n = server.read(&mut buf) => got.extend_from_slice(&buf[..n.unwrap()]),
+            }
+        }
+        assert_eq!(got, sent);
+        assert!((&mut copy).now_or_never().is_none());
+        assert_eq!(copy.a_to_b.pending.capacity(), 0, "drained and idle");
+        assert_eq!(copy.b_to_a.pending.capacity(), 0);
+        assert_eq!(c.get(), 10_000);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use enclaveid_pki::identity::PeerIdentity;
 use enclaveid_pki::tls::RejectReason;
+use futures_util::FutureExt;
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -141,7 +142,13 @@ async fn inbound(
     };
     let loaded = shared.tls.current();
     let acceptor = TlsAcceptor::from(loaded.inbound[*index].clone());
-    let mut tls = match timeout(config.limits.handshake_timeout, acceptor.accept(stream)).await {
+    // Boxed: the handshake state is large and short-lived; inline it would size the task for
+    // the connection's whole life.
+    let handshake = Box::pin(timeout(
+        config.limits.handshake_timeout,
+        acceptor.accept(stream),
+    ));
+    let mut tls = match handshake.await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refused(listener, peer, RejectReason::from_io(&e), &e),
         Err(_) => {
@@ -154,38 +161,54 @@ async fn inbound(
         }
     };
     listener.metrics.handshakes.inc();
-    let peer_cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .cloned();
-    let identity = peer_cert
-        .as_ref()
-        .and_then(|c| PeerIdentity::from_der(c).ok())
-        .unwrap_or_default();
-    debug!(listener = listener.name(), peer = %peer, identity = ?identity.uris, "inbound connection");
     if let (Protocol::Http, Some(_)) = (listener.protocol(), app) {
-        {
-            let xfcc = http::xfcc(loaded.material.identity(), peer_cert.as_deref(), &identity);
-            http::serve_inbound(tls, peer, listener.clone(), xfcc, shared).await;
-        }
-    } else {
-        {
-            let Some(mut upstream) = dial(
-                &listener.target,
-                config.limits.connect_timeout,
-                listener,
-                peer,
-            )
-            .await
-            else {
-                let _ = tls.shutdown().await;
-                return;
-            };
-            copy(&mut tls, &mut upstream, listener, peer).await;
-        }
+        let peer_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned();
+        let identity = peer_cert
+            .as_ref()
+            .and_then(|c| PeerIdentity::from_der(c).ok())
+            .unwrap_or_default();
+        debug!(listener = listener.name(), peer = %peer, identity = ?identity.uris, "inbound connection");
+        let xfcc = http::xfcc(loaded.material.identity(), peer_cert.as_deref(), &identity);
+        drop(loaded);
+        Box::pin(http::serve_inbound(
+            tls,
+            peer,
+            listener.clone(),
+            xfcc,
+            shared,
+        ))
+        .await;
+        return;
     }
+    // tcp: nothing of the handshake is kept for the copy (the identity is only logged).
+    drop(loaded);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| PeerIdentity::from_der(c).ok())
+            .unwrap_or_default();
+        debug!(listener = listener.name(), peer = %peer, identity = ?identity.uris, "inbound connection");
+    }
+    let Some(mut upstream) = dial(
+        &listener.target,
+        config.limits.connect_timeout,
+        listener,
+        peer,
+    )
+    .await
+    else {
+        let _ = tls.shutdown().await;
+        return;
+    };
+    copy(&mut tls, &mut upstream, listener, peer).await;
 }
 
 async fn outbound(
@@ -203,7 +226,7 @@ async fn outbound(
         return;
     };
     if let (Protocol::Http, Some(_)) = (listener.protocol(), clients) {
-        http::serve_outbound(stream, peer, listener.clone(), shared).await;
+        Box::pin(http::serve_outbound(stream, peer, listener.clone(), shared)).await;
         return;
     }
     let Some(upstream) = crate::mesh::dial_upstream(
@@ -219,16 +242,19 @@ async fn outbound(
         return;
     };
     let connector = TlsConnector::from(shared.tls.current().client_tcp.clone());
-    let mut tls = match timeout(
+    // Boxed for the same reason as the inbound handshake.
+    let handshake = Box::pin(timeout(
         config.limits.handshake_timeout,
         connector.connect(server_name.clone(), upstream),
-    )
-    .await
-    {
+    ));
+    let mut tls = match handshake.await {
         Ok(Ok(tls)) => tls,
+        // No await in these arms: one would keep the match's handshake result (a whole TLS
+        // stream) in the task next to `tls` for the connection's life. A TCP write shutdown is
+        // immediate.
         Ok(Err(e)) => {
             refused(listener, peer, RejectReason::from_io(&e), &e);
-            let _ = stream.shutdown().await;
+            let _ = stream.shutdown().now_or_never();
             return;
         }
         Err(_) => {
@@ -238,7 +264,7 @@ async fn outbound(
                 RejectReason::Timeout,
                 &"no complete handshake within handshake_timeout_ms",
             );
-            let _ = stream.shutdown().await;
+            let _ = stream.shutdown().now_or_never();
             return;
         }
     };
@@ -253,7 +279,8 @@ pub(crate) async fn dial(
     listener: &Listener,
     peer: SocketAddr,
 ) -> Option<TcpStream> {
-    let error = match timeout(limit, TcpStream::connect(target)).await {
+    // Boxed: a name resolution and connect state that the connection does not need afterwards.
+    let error = match Box::pin(timeout(limit, TcpStream::connect(target))).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             return Some(s);

@@ -167,11 +167,11 @@ async fn run_proxy(inj: &Injector, deadline: &str) -> (Option<i32>, String, Dura
     // whole run includes the simulated provider's two RSA-4096 keys, whose prime search took
     // past 90 s on a loaded 2-core machine.
     let output = tokio::time::timeout(
-        Duration::from_secs(300),
+        Duration::from_mins(5),
         tokio::task::spawn_blocking(move || cmd.output().unwrap()),
     )
     .await
-    .expect("enclaveid-init ran past 300 s: the retry deadline did not bound it")
+    .expect("enclaveid-init ran past 5 min: the retry deadline did not bound it")
     .unwrap();
     let elapsed = start.elapsed();
     let written = snapshot(&out).len();

@@ -30,8 +30,10 @@ use ratelimit::TokenBucket;
 
 /// Default HTTPS port of the attestation server.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15443";
-/// Default admin port (`/metrics`, `/ready`), plain HTTP.
-pub const DEFAULT_ADMIN: &str = "0.0.0.0:15010";
+/// Default admin address (`/metrics`, `/ready`), plain HTTP, loopback only (DESIGN.md): the
+/// kubelet probes it with `enclaveid-attest probe` exec probes; a scraper needs an explicit
+/// `--admin 0.0.0.0:15010` (the chart's `metrics.expose`).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15010";
 
 /// Tunables of the server. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -257,5 +259,22 @@ async fn accept_loop(
             }
             state.metrics.open_connections.dec();
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_admin_is_loopback_15010() {
+        let addr: SocketAddr = DEFAULT_ADMIN
+            .parse()
+            .expect("DEFAULT_ADMIN is a socket address");
+        assert!(
+            addr.ip().is_loopback(),
+            "{addr}: the admin listener must default to loopback"
+        );
+        assert_eq!(addr.port(), 15010);
     }
 }

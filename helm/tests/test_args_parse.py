@@ -6,11 +6,13 @@ can still be checked against the binaries' command-line parsers: clap stops at a
 chart passes and the binary does not know (or a renamed one) fails here, not on the cluster.
 """
 
+import os
+import socket
 import subprocess
 
 import pytest
 
-from conftest import MODES, all_pod_specs, by_name, cargo_binary, containers, render
+from conftest import FIXTURES, MODES, all_pod_specs, by_name, cargo_binary, containers, pod_spec, render
 
 OURS = {
     "init-secrets": "enclaveid-init",
@@ -53,11 +55,64 @@ def test_the_trick_catches_an_unknown_flag():
 
 
 def test_aks_release_flags_are_the_vtpm_ones(helm):
-    """aks: init-proxy and renew release through the vTPM with the flags init documents."""
+    """aks: every init command releases through the vTPM with the flags init documents
+    (`secrets` too: it releases the secret to derive the CA key)."""
     init = cargo_binary("enclaveid-init")
-    help_text = subprocess.run([str(init), "proxy", "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--evidence", "--tcti", "--vcek", "--maa"):
-        assert flag in help_text, flag
     spec = next(iter(all_pod_specs(render(helm, "aks"))))
-    args = by_name(spec, "init-proxy")["args"]
-    assert args[args.index("--evidence") + 1] == "vtpm"
+    for command, name in (("secrets", "init-secrets"), ("proxy", "init-proxy"), ("renew", "renew")):
+        help_text = subprocess.run([str(init), command, "--help"], capture_output=True, text=True, check=True).stdout
+        for flag in ("--evidence", "--tcti", "--vcek", "--maa"):
+            assert flag in help_text, (command, flag)
+        args = by_name(spec, name)["args"]
+        assert args[args.index("--evidence") + 1] == "vtpm", name
+
+
+RENDERED_POLICY = "/etc/enclaveid/release-policy/release-policy.json"
+
+
+def run_secrets(init, args):
+    """Runs `enclaveid-init secrets` with rendered args against a vault address that refuses
+    connections (a loopback port bound but not listening), so it gets exactly as far as its
+    first vault request. Exit 2 = the chart's flags are refused; exit 1 after "making sure the
+    master secret exists" = every flag was accepted and the release policy was built."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        argv = list(args)
+        argv[argv.index("--vault") + 1] = f"akv:https://127.0.0.1:{port}"
+        if RENDERED_POLICY in argv:
+            argv[argv.index(RENDERED_POLICY)] = str(FIXTURES / "release-policy.json")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "error"}
+        return subprocess.run([str(init)] + argv + ["--retry-deadline", "1s"], capture_output=True, text=True,
+                              timeout=120, env=env, check=False)
+
+
+@pytest.mark.parametrize(
+    "mode,extra",
+    [("aks", ()), ("aks", ("--set-file", f"vault.releasePolicy={FIXTURES / 'release-policy.json'}")), ("kata-cc", ())],
+)
+def test_rendered_secrets_args_are_accepted_past_parsing(helm, mode, extra):
+    """The `--help` check cannot see clap's conflicts or init's own checks (a release policy must
+    come from a file, --host-data or --cvm-policy): run the rendered init-secrets command line up
+    to its first vault request."""
+    init = cargo_binary("enclaveid-init")
+    args = by_name(pod_spec(render(helm, mode, extra)), "init-secrets")["args"]
+    assert args[0] == "secrets"
+    proc = run_secrets(init, args)
+    assert proc.returncode == 1, f"exit {proc.returncode}: {' '.join(args)}\n{proc.stderr}"
+    assert "making sure the master secret exists" in proc.stderr, proc.stderr
+    assert "unreachable" in proc.stderr, proc.stderr
+
+
+def test_secrets_without_a_policy_source_is_refused():
+    """The run above is not vacuous: aks args without --cvm-policy (and no policy file) exit 2
+    naming --release-policy, and a policy file together with --cvm-policy exits 2 too."""
+    init = cargo_binary("enclaveid-init")
+    base = ["secrets", "--vault", "akv:https://x.vault.azure.net", "--key-name", "k",
+            "--maa", "https://sharedeus.eus.attest.azure.net", "--evidence", "vtpm"]
+    proc = run_secrets(init, base)
+    assert proc.returncode == 2, proc.stderr
+    assert "--release-policy" in proc.stderr, proc.stderr
+    proc = run_secrets(init, base + ["--cvm-policy", "--release-policy", RENDERED_POLICY])
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot be used with" in proc.stderr, proc.stderr

@@ -366,7 +366,9 @@ def test_aks_specifics(helm):
     assert any(t["key"] == "kubernetes.azure.com/confidential" for t in spec["tolerations"])
     assert 59 in spec["securityContext"]["supplementalGroups"]
     with_tpm = {c["name"] for _, c in containers(spec) if "squat.ai/tpmrm" in c.get("resources", {}).get("limits", {})}
-    assert with_tpm == {"init-proxy", "renew", "attest"}
+    # Every container that releases the master secret (init-secrets too: it derives the CA key)
+    # or produces evidence holds a vTPM unit; the proxy and the app never do.
+    assert with_tpm == {"init-secrets", "init-proxy", "renew", "attest"}
     attest_args = by_name(spec, "attest")["args"]
     assert attest_args[attest_args.index("--tcti") + 1] == "device:/dev/tpmrm0"
     assert attest_args[attest_args.index("--vcek") + 1] == "thim"
@@ -381,22 +383,37 @@ def test_aks_specifics(helm):
     assert set(skipped) == {"proxy", "attest", "app"}
     init_args = by_name(spec, "init-proxy")["args"]
     assert init_args[init_args.index("--vault") + 1] == "akv:https://enclaveid-test.vault.azure.net"
-    # SKR on a CVM: MAA attest/AzureGuest with a transfer key in the vTPM, for init-proxy and
-    # renew (which releases the secret again); the VCEK chain from THIM.
-    for name in ("init-proxy", "renew"):
+    # SKR on a CVM: MAA attest/AzureGuest with a transfer key in the vTPM, for every init
+    # command: secrets releases the secret to derive the CA key, proxy to issue the leaf, renew
+    # to re-issue it; the VCEK chain from THIM.
+    for name in ("init-secrets", "init-proxy", "renew"):
         args = by_name(spec, name)["args"]
         assert args[args.index("--evidence") + 1] == "vtpm", name
         assert args[args.index("--tcti") + 1] == "device:/dev/tpmrm0", name
         assert args[args.index("--vcek") + 1] == "thim", name
         assert args[args.index("--maa") + 1] == "https://sharedeus.eus.attest.azure.net", name
+    # Without vault.releasePolicy, secrets builds Azure's CVM release policy itself.
     secrets_args = by_name(spec, "init-secrets")["args"]
-    assert "--evidence" not in secrets_args and "--tcti" not in secrets_args, "secrets never releases the key"
+    assert "--cvm-policy" in secrets_args and "--release-policy" not in secrets_args, secrets_args
+    assert "enclaveid-tls" not in mounts(by_name(spec, "init-secrets"))
     # The helm test pod's init-proxy releases too: same device, same flags.
     test_pod = one(docs, "Pod", "-test-mesh")["spec"]
     assert by_name(test_pod, "init-proxy")["args"] == init_args
     assert "squat.ai/tpmrm" in by_name(test_pod, "init-proxy")["resources"]["limits"]
     assert 59 in test_pod["securityContext"]["supplementalGroups"]
     assert "spiffe://cluster.local/ns/prod/sa/t-enclaveid" in init_args
+
+
+def test_aks_release_policy_from_values(helm):
+    """vault.releasePolicy replaces the built CVM policy (init refuses the two together); the
+    secrets container still releases through the vTPM."""
+    policy = ["--set-file", f"vault.releasePolicy={FIXTURES / 'release-policy.json'}"]
+    secrets = by_name(pod_spec(render(helm, "aks", policy)), "init-secrets")
+    assert "--cvm-policy" not in secrets["args"]
+    assert secrets["args"][secrets["args"].index("--release-policy") + 1].startswith("/etc/enclaveid/release-policy/")
+    assert set(mounts(secrets)) == {"release-policy"}, mounts(secrets)
+    assert secrets["resources"]["limits"]["squat.ai/tpmrm"] == "1"
+    assert secrets["args"][secrets["args"].index("--evidence") + 1] == "vtpm"
 
 
 def test_kata_cc_specifics(helm):
@@ -410,7 +427,17 @@ def test_kata_cc_specifics(helm):
     attest_args = by_name(spec, "attest")["args"]
     assert attest_args[attest_args.index("--provider") + 1] == "sev-guest"
     with_device = {c["name"] for _, c in containers(spec) if "sev-guest" in mounts(c)}
-    assert with_device == {"init-proxy", "renew", "attest"}
+    assert with_device == {"init-secrets", "init-proxy", "renew", "attest"}
+    # init-secrets releases the secret (to derive the CA key) with the same evidence as init-proxy,
+    # under the policy file (never --cvm-policy: that one is for CVM nodes).
+    for name in ("init-secrets", "init-proxy", "renew"):
+        args = by_name(spec, name)["args"]
+        assert args[args.index("--evidence") + 1] == "sev-guest", name
+        assert "--tcti" not in args, name
+    secrets = by_name(spec, "init-secrets")
+    assert "--cvm-policy" not in secrets["args"]
+    assert secrets["args"][secrets["args"].index("--release-policy") + 1].startswith("/etc/enclaveid/release-policy/")
+    assert set(mounts(secrets)) == {"release-policy", "sev-guest"}, mounts(secrets)
     no_policy = ["--set", "deployment=kata-cc", "-f", str(FIXTURES / "images-test.yaml"), "-f", str(FIXTURES / "aks.yaml")]
     err = helm_template(helm, no_policy, expect_ok=False).stderr
     assert "kataCC.policy is required" in err, err
@@ -487,5 +514,6 @@ def test_notes_render(helm, tmp_path):
     assert "admin/metrics:    127.0.0.1 only" in old
     assert "raise replicaCount for availability" in old
     aks = notes(KUBE_VERSION, "aks")
-    assert "the pod requests squat.ai/tpmrm (init-proxy, renew, attest) and joins group 59" in aks
+    assert "the pod requests squat.ai/tpmrm (init-secrets, init-proxy, renew, attest) and joins group 59" in aks
     assert "allocatable.squat\\.ai/tpmrm" in aks, aks
+    assert "Release policy of a key init-secrets creates: Azure's CVM policy (--cvm-policy" in aks, aks

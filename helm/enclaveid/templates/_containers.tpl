@@ -1,21 +1,31 @@
 {{/*
 The EnclaveID containers, shared by the workload Deployment and the `helm test` pod.
 Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and attest only.
+Evidence rule: every container that releases the master secret or produces SNP evidence
+(init-secrets, init-proxy, renew, attest) gets the mode's device (enclaveid.evidenceResources,
+enclaveid.evidenceMounts); proxy and the app never do.
 */}}
 
 {{- define "enclaveid.container.initSecrets" -}}
 {{- if and (eq .Values.deployment "kata-cc") (not .Values.vault.releasePolicy) -}}
 {{- fail "vault.releasePolicy is required in kata-cc mode while init.secrets.enabled: a key created in the pod must pin x-ms-sevsnpvm-hostdata to the policy hash (enclaveid-attest policy-hash), and that hash cannot be an argument of the pod it hashes; pass --set-file vault.releasePolicy=FILE, or create the key out of band (enclaveid-init secrets --host-data ...) and set init.secrets.enabled=false" -}}
 {{- end -}}
+{{- /* `secrets` releases the master secret too (it derives the CA key to check or make the CA
+       certificate), so it gets init-proxy's release flags and device, but never the key tmpfs. */}}
+{{- $evidenceMounts := include "enclaveid.evidenceMounts" . | trim -}}
 - name: init-secrets
   image: {{ include "enclaveid.image" (dict "root" . "image" .Values.images.init "field" "images.init") }}
   imagePullPolicy: {{ .Values.imagePullPolicy }}
   args:
     - secrets
-    {{- include "enclaveid.vaultArgs" (dict "root" . "release" false) | nindent 4 }}
+    {{- include "enclaveid.vaultArgs" . | nindent 4 }}
     {{- if .Values.vault.releasePolicy }}
     - --release-policy
     - /etc/enclaveid/release-policy/release-policy.json
+    {{- else if and (eq .Values.deployment "aks") (eq (include "enclaveid.confidential" .) "true") }}
+    {{- /* Azure's CVM release policy: attestation type sevsnpvm, compliance status
+           azure-compliant-cvm (--compliance-status in init.secrets.extraArgs), authority --maa. */}}
+    - --cvm-policy
     {{- end }}
     {{- with .Values.init.secrets.extraArgs }}
     {{- toYaml . | nindent 4 }}
@@ -28,8 +38,8 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
   securityContext:
     {{- include "enclaveid.containerSecurityContext" . | nindent 4 }}
   resources:
-    {{- toYaml .Values.init.resources | nindent 4 }}
-  {{- if or (eq (include "enclaveid.devVault" .) "true") .Values.vault.releasePolicy }}
+    {{- include "enclaveid.evidenceResources" (dict "root" . "resources" .Values.init.resources) | nindent 4 }}
+  {{- if or (eq (include "enclaveid.devVault" .) "true") .Values.vault.releasePolicy $evidenceMounts }}
   volumeMounts:
     {{- if eq (include "enclaveid.devVault" .) "true" }}
     - name: dev-vault
@@ -41,6 +51,7 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
       mountPath: /etc/enclaveid/release-policy
       readOnly: true
     {{- end }}
+    {{- with $evidenceMounts }}{{ . | nindent 4 }}{{- end }}
   {{- end }}
 {{- end -}}
 
@@ -50,7 +61,7 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
   imagePullPolicy: {{ .Values.imagePullPolicy }}
   args:
     - proxy
-    {{- include "enclaveid.vaultArgs" (dict "root" . "release" true) | nindent 4 }}
+    {{- include "enclaveid.vaultArgs" . | nindent 4 }}
     - --out
     - /run/enclaveid/tls
     - --validity
@@ -142,7 +153,7 @@ Mount rule: the key tmpfs (enclaveid-tls) goes into init-proxy, proxy, renew and
   {{- end }}
   args:
     - renew
-    {{- include "enclaveid.vaultArgs" (dict "root" $root "release" true) | nindent 4 }}
+    {{- include "enclaveid.vaultArgs" $root | nindent 4 }}
     - --out
     - /run/enclaveid/tls
     - --validity

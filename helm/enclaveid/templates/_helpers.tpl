@@ -173,12 +173,14 @@ seccompProfile:
 {{- end -}}
 
 {{/*
-Arguments that select the vault, for every init command. Args: dict "root" $ "release" BOOL.
-`--evidence` only where the secret is released (proxy, renew): `secrets` never releases it,
-and needs MAA only as the release policy's authority.
+Arguments that select the vault, for every init command (secrets, proxy, renew). Each of them
+releases the master secret (secrets to derive the CA key and check or make the CA certificate,
+proxy and renew to issue the leaf), so with confidentiality on each gets `--evidence` and the
+provider's flags; MAA is also the release policy's authority. The device: evidenceResources
+(aks) and evidenceMounts (kata-cc).
 */}}
 {{- define "enclaveid.vaultArgs" -}}
-{{- $root := .root -}}
+{{- $root := . -}}
 - --vault
 - {{ include "enclaveid.vaultUrl" $root | quote }}
 {{- if hasPrefix "akv:" (include "enclaveid.vaultUrl" $root) }}
@@ -192,7 +194,7 @@ and needs MAA only as the release policy's authority.
 - --maa
 - {{ $root.Values.vault.maaEndpoint | quote }}
 {{- end }}
-{{- if and .release $confidential }}
+{{- if $confidential }}
 {{- $provider := include "enclaveid.provider" $root }}
 - --evidence
 - {{ $provider | quote }}
@@ -207,7 +209,8 @@ and needs MAA only as the release policy's authority.
 {{- end }}
 {{- end -}}
 
-{{/* Device access for the containers that produce SNP evidence (init proxy, renew, attest). */}}
+{{/* Device access for the containers that release the secret or produce SNP evidence
+(init-secrets, init-proxy, renew, attest). */}}
 {{- define "enclaveid.evidenceResources" -}}
 {{- $res := deepCopy (default dict .resources) -}}
 {{- if eq .root.Values.deployment "aks" -}}

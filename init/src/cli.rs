@@ -46,15 +46,31 @@ pub struct VaultArgs {
     /// and managed identity otherwise.
     #[arg(long, env = "ENCLAVEID_AUTH", value_enum, default_value_t = AuthMode::Auto)]
     pub auth: AuthMode,
+    /// DEVELOPMENT ONLY (no TEE): keep the master secret in AKV as an ordinary *secret*
+    /// (`--master-secret-name`) instead of an exportable key behind Secure Key Release.
+    /// Confidentiality is OFF: anyone with secret-get permission on the vault can read the
+    /// master secret and so impersonate every workload of the mesh. `akv:` vaults only; refused
+    /// together with any SKR flag (`--maa`, `--evidence`, `--release-policy`, ...).
+    #[arg(long, env = "ENCLAVEID_NO_SKR")]
+    pub no_skr: bool,
+    /// With `--no-skr`: name of the AKV secret holding the master secret (base64 of 32 random
+    /// bytes, content type [`crate::vault::akv::plain::CONTENT_TYPE`]).
+    #[arg(
+        long,
+        env = "ENCLAVEID_MASTER_SECRET_NAME",
+        default_value = crate::vault::akv::plain::DEFAULT_SECRET_NAME,
+        requires = "no_skr"
+    )]
+    pub master_secret_name: String,
     /// Microsoft Azure Attestation base URL, e.g. `https://sharedeus.eus.attest.azure.net`.
     /// Needed for SKR, and as the release policy's authority.
-    #[arg(long, env = "ENCLAVEID_MAA")]
+    #[arg(long, env = "ENCLAVEID_MAA", conflicts_with = "no_skr")]
     pub maa: Option<String>,
     /// Evidence for SKR. `sev-guest`: Kata confidential pods, SNP report with the transfer key
     /// in `report_data`, MAA `attest/SevSnpVm`. `vtpm`: AKS confidential-VM nodes, the transfer
     /// key is a TPM key certified by the vTPM's AK, MAA `attest/AzureGuest` (see `--tcti`,
     /// `--vcek`). `simulated`: development against a test double only.
-    #[arg(long, env = "ENCLAVEID_EVIDENCE")]
+    #[arg(long, env = "ENCLAVEID_EVIDENCE", conflicts_with = "no_skr")]
     pub evidence: Option<String>,
     /// With `--evidence vtpm`: the tpm2-tss TCTI of the vTPM (`device:/dev/tpmrm0`, or
     /// `swtpm:host=H,port=P` in tests).
@@ -101,19 +117,19 @@ pub struct SecretsArgs {
     #[command(flatten)]
     pub vault: VaultArgs,
     /// Release policy JSON file (AKV format). Otherwise it is built from the flags below.
-    #[arg(long, env = "ENCLAVEID_RELEASE_POLICY", conflicts_with_all = ["host_data", "compliance_status", "cvm_policy"])]
+    #[arg(long, env = "ENCLAVEID_RELEASE_POLICY", conflicts_with_all = ["host_data", "compliance_status", "cvm_policy", "no_skr"])]
     pub release_policy: Option<PathBuf>,
     /// Pod policy hash required as `x-ms-sevsnpvm-hostdata` (64 hex characters).
-    #[arg(long, env = "ENCLAVEID_HOST_DATA")]
+    #[arg(long, env = "ENCLAVEID_HOST_DATA", conflicts_with = "no_skr")]
     pub host_data: Option<String>,
     /// Build the AKS confidential-VM policy instead (pods on CVM nodes, `--evidence vtpm`):
     /// `x-ms-isolation-tee.x-ms-attestation-type` = `sevsnpvm` and
     /// `x-ms-isolation-tee.x-ms-compliance-status` = `--compliance-status` (default
     /// `azure-compliant-cvm`), authority `--maa`.
-    #[arg(long, env = "ENCLAVEID_CVM_POLICY", conflicts_with = "host_data")]
+    #[arg(long, env = "ENCLAVEID_CVM_POLICY", conflicts_with_all = ["host_data", "no_skr"])]
     pub cvm_policy: bool,
     /// Required `x-ms-compliance-status`, e.g. `azure-compliant-uvm`.
-    #[arg(long, env = "ENCLAVEID_COMPLIANCE_STATUS")]
+    #[arg(long, env = "ENCLAVEID_COMPLIANCE_STATUS", conflicts_with = "no_skr")]
     pub compliance_status: Option<String>,
     /// Key type to create: `RSA-HSM`, `RSA`, `EC-HSM` or `oct-HSM`.
     #[arg(long, default_value = "RSA-HSM")]
@@ -218,5 +234,103 @@ mod tests {
         };
         assert_eq!(p.dns, vec!["a.b", "c.d"]);
         assert_eq!(p.validity, Duration::from_hours(24));
+        assert!(!p.vault.no_skr, "SKR is the default");
+    }
+
+    const AKV: &str = "akv:https://dev.vault.azure.net";
+
+    #[test]
+    fn no_skr_parses_for_every_command() {
+        for argv in [
+            vec!["secrets", "--vault", AKV, "--no-skr"],
+            vec![
+                "proxy", "--vault", AKV, "--no-skr", "--out", "/o", "--dns", "a",
+            ],
+            vec![
+                "renew", "--vault", AKV, "--no-skr", "--out", "/o", "--dns", "a",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("enclaveid-init").chain(argv.clone()))
+                .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let vault = match cli.command {
+                Command::Secrets(a) => a.vault,
+                Command::Proxy(a) | Command::Renew(a) => a.vault,
+            };
+            assert!(vault.no_skr, "{argv:?}");
+            assert_eq!(
+                vault.master_secret_name,
+                crate::vault::akv::plain::DEFAULT_SECRET_NAME
+            );
+        }
+        let cli = Cli::try_parse_from([
+            "enclaveid-init",
+            "secrets",
+            "--vault",
+            AKV,
+            "--no-skr",
+            "--master-secret-name",
+            "dev-master",
+        ])
+        .unwrap();
+        let Command::Secrets(a) = cli.command else {
+            panic!("not secrets")
+        };
+        assert_eq!(a.vault.master_secret_name, "dev-master");
+    }
+
+    #[test]
+    fn no_skr_is_refused_with_every_skr_flag_naming_both() {
+        let cases: [(&str, &[&str], &str); 8] = [
+            ("secrets", &["--maa", "https://m.attest.azure.net"], "--maa"),
+            ("secrets", &["--evidence", "vtpm"], "--evidence"),
+            (
+                "secrets",
+                &["--release-policy", "/p.json"],
+                "--release-policy",
+            ),
+            ("secrets", &["--host-data", "ab"], "--host-data"),
+            ("secrets", &["--cvm-policy"], "--cvm-policy"),
+            (
+                "secrets",
+                &["--compliance-status", "x"],
+                "--compliance-status",
+            ),
+            ("proxy", &["--maa", "https://m.attest.azure.net"], "--maa"),
+            ("renew", &["--evidence", "sev-guest"], "--evidence"),
+        ];
+        for (command, extra, flag) in cases {
+            let mut argv = vec!["enclaveid-init", command, "--vault", AKV, "--no-skr"];
+            if command != "secrets" {
+                argv.extend(["--out", "/o", "--dns", "a"]);
+            }
+            argv.extend(extra);
+            let err = Cli::try_parse_from(&argv).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{argv:?}"
+            );
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("--no-skr") && text.contains(flag),
+                "{argv:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn master_secret_name_needs_no_skr() {
+        let err = Cli::try_parse_from([
+            "enclaveid-init",
+            "secrets",
+            "--vault",
+            AKV,
+            "--master-secret-name",
+            "x",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--no-skr"), "{err}");
     }
 }

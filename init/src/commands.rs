@@ -78,8 +78,56 @@ impl Vault for AnyVault {
     }
 }
 
+/// `--no-skr` fails closed: it applies to `akv:` vaults only and is refused together with any
+/// flag of secure key release, naming both. clap refuses the same combinations on the command
+/// line; this holds for every other way the arguments are built. `secrets` passes its own
+/// flags too (the release policy sources).
+pub fn check_no_skr(vault: &VaultArgs, secrets: Option<&SecretsArgs>) -> Result<(), ConfigError> {
+    if !vault.no_skr {
+        return Ok(());
+    }
+    if !vault.vault.starts_with("akv:") {
+        return Err(ConfigError::field(
+            "--vault",
+            &vault.vault,
+            "--no-skr applies to akv: vaults only (a dir: vault has no secure key release to turn off)",
+        ));
+    }
+    let conflict = |flag: &str, value: &str| {
+        Err(ConfigError::field(
+            flag,
+            value,
+            &format!(
+                "--no-skr (master secret as a plain AKV secret, no secure key release) cannot be used with {flag} (secure key release); drop one of them"
+            ),
+        ))
+    };
+    if let Some(maa) = &vault.maa {
+        return conflict("--maa", maa);
+    }
+    if let Some(evidence) = &vault.evidence {
+        return conflict("--evidence", evidence);
+    }
+    if let Some(s) = secrets {
+        if let Some(path) = &s.release_policy {
+            return conflict("--release-policy", &path.display().to_string());
+        }
+        if let Some(host_data) = &s.host_data {
+            return conflict("--host-data", host_data);
+        }
+        if s.cvm_policy {
+            return conflict("--cvm-policy", "true");
+        }
+        if let Some(status) = &s.compliance_status {
+            return conflict("--compliance-status", status);
+        }
+    }
+    Ok(())
+}
+
 /// Opens the vault named by `--vault`; `create` is the key to make if `secrets` finds none.
 pub fn open_vault(args: &VaultArgs, create: Option<KeySpec>) -> anyhow::Result<AnyVault> {
+    check_no_skr(args, None)?;
     if let Some(path) = args.vault.strip_prefix("dir:") {
         if path.is_empty() {
             return Err(ConfigError::field("--vault", &args.vault, "dir: needs a path").into());
@@ -137,6 +185,13 @@ pub fn open_vault(args: &VaultArgs, create: Option<KeySpec>) -> anyhow::Result<A
         .map_err(|e| ConfigError::field("--vault", &args.vault, &e.to_string()))?;
     if let Some(guest) = guest {
         vault = vault.with_guest_skr(guest);
+    }
+    if args.no_skr {
+        vault = vault
+            .with_plain_secret(&args.master_secret_name)
+            .map_err(|e| {
+                ConfigError::field("--no-skr", &args.master_secret_name, &e.to_string())
+            })?;
     }
     Ok(AnyVault::Akv(Box::new(vault)))
 }
@@ -225,7 +280,9 @@ fn credential(mode: AuthMode) -> anyhow::Result<Arc<dyn azure_core::credentials:
 
 /// `enclaveid-init secrets`.
 pub async fn secrets(args: &SecretsArgs) -> anyhow::Result<()> {
-    let akv = args.vault.vault.starts_with("akv:");
+    check_no_skr(&args.vault, Some(args))?;
+    // With --no-skr there is no key to create: the master secret is a plain secret.
+    let akv = args.vault.vault.starts_with("akv:") && !args.vault.no_skr;
     let create = if akv {
         let policy = match (&args.release_policy, &args.host_data) {
             (Some(path), _) => ReleasePolicy::from_file(path)?,
@@ -249,7 +306,7 @@ pub async fn secrets(args: &SecretsArgs) -> anyhow::Result<()> {
                 return Err(ConfigError::field(
                     "--release-policy",
                     "",
-                    "give a policy file, or --host-data (SNP pods) or --cvm-policy (CVM nodes) and --maa to build one",
+                    "give a policy file, or --host-data (SNP pods) or --cvm-policy (CVM nodes) and --maa to build one (or, for development without a TEE only, --no-skr)",
                 )
                 .into())
             }
@@ -476,6 +533,72 @@ fn next_retry(previous: Option<Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    fn secrets_args(argv: &[&str]) -> SecretsArgs {
+        let cli = crate::cli::Cli::try_parse_from(["enclaveid-init", "secrets"].iter().chain(argv))
+            .unwrap();
+        let Command::Secrets(args) = cli.command else {
+            panic!("not secrets")
+        };
+        args
+    }
+
+    #[test]
+    fn no_skr_check_names_both_flags_and_fails_closed() {
+        let akv = "akv:https://dev.vault.azure.net";
+        // Accepted: --no-skr alone on an akv: vault; without --no-skr nothing is checked here.
+        check_no_skr(&secrets_args(&["--vault", akv, "--no-skr"]).vault, None).unwrap();
+        let plain = secrets_args(&["--vault", akv, "--no-skr"]);
+        check_no_skr(&plain.vault, Some(&plain)).unwrap();
+        let skr = secrets_args(&["--vault", akv, "--maa", "https://m", "--cvm-policy"]);
+        check_no_skr(&skr.vault, Some(&skr)).unwrap();
+
+        // Arguments built some other way than clap (env, a library caller) get the same refusals.
+        type Set = fn(&mut SecretsArgs);
+        let cases: [(Set, &str); 6] = [
+            (|a| a.vault.maa = Some("https://m".into()), "--maa"),
+            (|a| a.vault.evidence = Some("vtpm".into()), "--evidence"),
+            (
+                |a| a.release_policy = Some("/p.json".into()),
+                "--release-policy",
+            ),
+            (|a| a.host_data = Some("ab".into()), "--host-data"),
+            (|a| a.cvm_policy = true, "--cvm-policy"),
+            (
+                |a| a.compliance_status = Some("x".into()),
+                "--compliance-status",
+            ),
+        ];
+        for (set, flag) in cases {
+            let mut args = secrets_args(&["--vault", akv, "--no-skr"]);
+            set(&mut args);
+            let err = check_no_skr(&args.vault, Some(&args)).unwrap_err();
+            assert_eq!(err.field, flag);
+            assert!(
+                err.reason.contains("--no-skr") && err.reason.contains(flag),
+                "{err}"
+            );
+            let err = anyhow::Error::from(err);
+            assert_eq!(crate::exit_code(&err), 2, "{err}");
+        }
+
+        // A dir: vault has no SKR to turn off.
+        let dir = secrets_args(&["--vault", "dir:/tmp/v", "--no-skr"]);
+        let err = check_no_skr(&dir.vault, Some(&dir)).unwrap_err();
+        assert!(err.reason.contains("akv: vaults only"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn secrets_refuses_no_skr_with_a_policy_before_any_request() {
+        // clap would refuse this command line; built by hand, `secrets` still exits 2 without
+        // reaching for the (unresolvable) vault.
+        let mut args = secrets_args(&["--vault", "akv:https://nowhere.invalid", "--no-skr"]);
+        args.host_data = Some("ab".repeat(32));
+        let err = secrets(&args).await.unwrap_err();
+        assert_eq!(crate::exit_code(&err), 2, "{err:#}");
+        assert!(format!("{err:#}").contains("--host-data"), "{err:#}");
+    }
 
     #[test]
     fn failed_renewals_back_off_up_to_thirty_seconds() {

@@ -5,6 +5,8 @@
 //! attestation token vouches for (see [`crate::skr`]). The CA certificate is stored as a secret
 //! (`application/x-pem-file`): AKV's certificate objects insist on holding the private key,
 //! and this one is never stored anywhere. Transient failures are retried under a deadline.
+//! Development clusters without a TEE use [`plain`] (`--no-skr`) instead: the master secret as
+//! an ordinary secret, confidentiality off.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use crate::retry::{retry, RetryPolicy};
 use crate::skr::{self, MaaClient, TransferKey};
 
 mod guest;
+pub mod plain;
 
 pub use guest::GuestSkr;
 
@@ -89,6 +92,9 @@ pub struct AkvVault {
     skr: Option<SkrSetup>,
     /// The vTPM guest flow (`--evidence vtpm`); when set, it is used instead of `skr`.
     guest: Option<GuestSkr>,
+    /// `--no-skr`: the name of the secret holding the master secret (see [`plain`]); when set,
+    /// no key is created or released.
+    plain: Option<String>,
 }
 
 impl std::fmt::Debug for AkvVault {
@@ -176,6 +182,7 @@ impl AkvVault {
             create,
             skr,
             guest: None,
+            plain: None,
         })
     }
 
@@ -333,6 +340,9 @@ impl Vault for AkvVault {
     }
 
     async fn ensure_master_secret(&self) -> Result<Provisioned, VaultError> {
+        if let Some(name) = &self.plain {
+            return self.ensure_plain(name).await;
+        }
         if let Some(KeyState {
             version,
             exportable,
@@ -367,6 +377,9 @@ impl Vault for AkvVault {
     }
 
     async fn master_secret(&self) -> Result<MasterSecret, VaultError> {
+        if let Some(name) = &self.plain {
+            return self.plain_master_secret(name).await;
+        }
         if self.guest.is_some() {
             let KeyState { version, .. } =
                 self.key_version()

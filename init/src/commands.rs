@@ -535,13 +535,16 @@ mod tests {
     use super::*;
     use clap::Parser as _;
 
-    fn secrets_args(argv: &[&str]) -> SecretsArgs {
-        let cli = crate::cli::Cli::try_parse_from(["enclaveid-init", "secrets"].iter().chain(argv))
-            .unwrap();
-        let Command::Secrets(args) = cli.command else {
+    type Set = fn(&mut SecretsArgs);
+
+    fn secrets_args(flags: &[&str]) -> SecretsArgs {
+        let cli =
+            crate::cli::Cli::try_parse_from(["enclaveid-init", "secrets"].iter().chain(flags))
+                .unwrap();
+        let Command::Secrets(parsed) = cli.command else {
             panic!("not secrets")
         };
-        args
+        parsed
     }
 
     #[test]
@@ -555,7 +558,6 @@ mod tests {
         check_no_skr(&skr.vault, Some(&skr)).unwrap();
 
         // Arguments built some other way than clap (env, a library caller) get the same refusals.
-        type Set = fn(&mut SecretsArgs);
         let cases: [(Set, &str); 6] = [
             (|a| a.vault.maa = Some("https://m".into()), "--maa"),
             (|a| a.vault.evidence = Some("vtpm".into()), "--evidence"),

@@ -28,11 +28,14 @@ def parses(binary, argv):
     assert proc.returncode == 0, f"{binary.name} {' '.join(argv)}: exit {proc.returncode}\n{proc.stderr}"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_rendered_args_parse(helm, mode):
+DEV_AKV = ("--set", "vault.url=akv:https://dev.vault.azure.net")
+
+
+@pytest.mark.parametrize("mode,extra", [(m, ()) for m in MODES] + [("microk8s", DEV_AKV)])
+def test_rendered_args_parse(helm, mode, extra):
     binaries = {name: cargo_binary(name) for name in set(OURS.values()) | set(PROBED.values())}
     checked = set()
-    for spec in all_pod_specs(render(helm, mode)):
+    for spec in all_pod_specs(render(helm, mode, extra)):
         for _, c in containers(spec):
             if c["name"] in OURS:
                 parses(binaries[OURS[c["name"]]], c["args"])
@@ -89,7 +92,8 @@ def run_secrets(init, args):
 
 @pytest.mark.parametrize(
     "mode,extra",
-    [("aks", ()), ("aks", ("--set-file", f"vault.releasePolicy={FIXTURES / 'release-policy.json'}")), ("kata-cc", ())],
+    [("aks", ()), ("aks", ("--set-file", f"vault.releasePolicy={FIXTURES / 'release-policy.json'}")), ("kata-cc", ()),
+     ("microk8s", DEV_AKV)],
 )
 def test_rendered_secrets_args_are_accepted_past_parsing(helm, mode, extra):
     """The `--help` check cannot see clap's conflicts or init's own checks (a release policy must
@@ -116,3 +120,58 @@ def test_secrets_without_a_policy_source_is_refused():
     proc = run_secrets(init, base + ["--cvm-policy", "--release-policy", RENDERED_POLICY])
     assert proc.returncode == 2, proc.stderr
     assert "cannot be used with" in proc.stderr, proc.stderr
+
+
+def run_with_unreachable_vault(init, args, tmp_path):
+    """Like run_secrets, for the rendered proxy and renew lines: the output directory is a
+    scratch directory (`--allow-disk`, no tmpfs here), warnings are kept in the log."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        argv = list(args)
+        argv[argv.index("--vault") + 1] = f"akv:https://127.0.0.1:{port}"
+        if "--out" in argv:
+            argv[argv.index("--out") + 1] = str(tmp_path)
+            argv.append("--allow-disk")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "warn"}
+        return subprocess.run([str(init)] + argv + ["--retry-deadline", "1s"], capture_output=True, text=True,
+                              timeout=120, env=env, check=False)
+
+
+def test_microk8s_akv_init_lines_reach_the_vault_without_skr(helm, tmp_path):
+    """microk8s + akv: (confidentiality off): init-secrets, init-proxy and renew, as rendered, all
+    get past every check to their first vault request, warning that SKR is off; nothing is
+    written."""
+    init = cargo_binary("enclaveid-init")
+    spec = pod_spec(render(helm, "microk8s", DEV_AKV))
+    for name, context in (("init-secrets", "making sure the master secret exists"),
+                          ("init-proxy", "releasing the master secret"),
+                          ("renew", "releasing the master secret")):
+        args = by_name(spec, name)["args"]
+        assert "--no-skr" in args, name
+        proc = run_with_unreachable_vault(init, args, tmp_path)
+        assert proc.returncode == 1, f"{name}: exit {proc.returncode}: {' '.join(args)}\n{proc.stderr}"
+        assert context in proc.stderr, (name, proc.stderr)
+        assert "unreachable" in proc.stderr, (name, proc.stderr)
+        assert "NO SECURE KEY RELEASE" in proc.stderr, (name, proc.stderr)
+        assert list(tmp_path.iterdir()) == [], (name, list(tmp_path.iterdir()))
+
+
+def test_no_skr_is_what_lets_microk8s_akv_through():
+    """The run above is not vacuous: the same secrets line without --no-skr exits 2 naming
+    --release-policy (and pointing at --no-skr), and --no-skr with an SKR flag exits 2 naming
+    both flags."""
+    init = cargo_binary("enclaveid-init")
+    base = ["secrets", "--vault", "akv:https://x.vault.azure.net"]
+    proc = run_secrets(init, base)
+    assert proc.returncode == 2, proc.stderr
+    assert "--release-policy" in proc.stderr and "--no-skr" in proc.stderr, proc.stderr
+    for extra in (["--maa", "https://sharedeus.eus.attest.azure.net"], ["--evidence", "simulated"],
+                  ["--release-policy", RENDERED_POLICY]):
+        proc = run_secrets(init, base + ["--no-skr"] + extra)
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert "--no-skr" in proc.stderr and extra[0] in proc.stderr, (extra, proc.stderr)
+    proc = subprocess.run([str(init), "secrets", "--vault", "dir:/nonexistent", "--no-skr"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "akv: vaults only" in proc.stderr, proc.stderr

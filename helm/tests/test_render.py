@@ -52,7 +52,8 @@ def test_lint(helm, mode):
 @pytest.mark.parametrize(
     "mode,extra",
     [(m, ()) for m in MODES]
-    + [("microk8s", ("--set", "proxy.nativeSidecar=false")), ("aks", ("--set", "attest.enabled=false"))],
+    + [("microk8s", ("--set", "proxy.nativeSidecar=false")), ("aks", ("--set", "attest.enabled=false")),
+       ("microk8s", ("--set", "vault.url=akv:https://dev.vault.azure.net"))],
 )
 def test_kubernetes_schema(helm, kubernetes_validate, tmp_path, mode, extra):
     out = tmp_path / f"{mode}.yaml"
@@ -269,6 +270,7 @@ def test_microk8s_allows_tags_and_uses_digests_when_given(helm):
             "proxy.inbound[0].forward",
         ),
         (["--set", "vault.url=https://vault.example"], "vault"),
+        (["--set", "vault.noSkrSecretName=no/slash"], "noSkrSecretName"),
     ],
 )
 def test_bad_values_fail_naming_the_field(helm, args, field):
@@ -305,6 +307,54 @@ def test_confidentiality_follows_mode_and_can_be_overridden(helm):
     docs = render(helm, "aks", ["--set", "confidentiality.enabled=false", "--set", "vault.url=dir:/vault",
                                 "--set", "workloadIdentity.enabled=false"])
     assert confidential(docs) == "false"
+
+
+INIT_COMMANDS = ("init-secrets", "init-proxy", "renew")
+SKR_FLAGS = ("--maa", "--evidence", "--tcti", "--vcek", "--key-name", "--release-policy", "--cvm-policy")
+DEV_AKV = ("--set", "vault.url=akv:https://dev.vault.azure.net")
+
+
+def test_akv_without_skr_when_confidentiality_is_off(helm):
+    """microk8s with an akv: vault has no TEE to release into: every init command (and the helm
+    test pod's init-proxy) gets --no-skr and the plain secret's name, and none of the SKR flags."""
+    docs = render(helm, "microk8s", DEV_AKV)
+    specs = all_pod_specs(docs)
+    assert len(specs) == 2, "the workload and the helm test pod"
+    seen = []
+    for spec in specs:
+        for _, c in containers(spec):
+            if c["name"] not in INIT_COMMANDS:
+                continue
+            args = c["args"]
+            assert args[args.index("--vault") + 1] == "akv:https://dev.vault.azure.net", c["name"]
+            assert "--no-skr" in args, c["name"]
+            assert args[args.index("--master-secret-name") + 1] == "enclaveid-master-secret-noskr", c["name"]
+            assert not set(SKR_FLAGS) & set(args), (c["name"], args)
+            seen.append(c["name"])
+    assert sorted(seen) == ["init-proxy", "init-proxy", "init-secrets", "renew"], seen
+    # The name is a value; no dev-vault Secret is mounted for an akv: vault.
+    spec = pod_spec(render(helm, "microk8s", DEV_AKV + ("--set", "vault.noSkrSecretName=my-dev-master")))
+    for name in INIT_COMMANDS:
+        args = by_name(spec, name)["args"]
+        assert args[args.index("--master-secret-name") + 1] == "my-dev-master", name
+        assert "dev-vault" not in mounts(by_name(spec, name)), name
+
+    # Never where SKR is on, nor with the dir: vault.
+    for mode, extra in [("microk8s", ()), ("aks", ()), ("kata-cc", ()),
+                        ("microk8s", ("--set", "confidentiality.enabled=false"))]:
+        for spec in all_pod_specs(render(helm, mode, extra)):
+            for _, c in containers(spec):
+                assert "--no-skr" not in c.get("args", []), (mode, extra, c["name"])
+                assert "--master-secret-name" not in c.get("args", []), (mode, extra, c["name"])
+
+    # SKR values with confidentiality off are refused, not silently dropped.
+    err = render_error(helm, "microk8s", DEV_AKV + ("--set", "vault.maaEndpoint=https://sharedeus.eus.attest.azure.net"))
+    assert "vault.maaEndpoint" in err and "--no-skr" in err, err
+    err = render_error(helm, "microk8s", DEV_AKV + ("--set-file", f"vault.releasePolicy={FIXTURES / 'release-policy.json'}"))
+    assert "vault.releasePolicy" in err and "--no-skr" in err, err
+    # aks switched off for a dry run keeps its vault.maaEndpoint: refused the same way.
+    err = render_error(helm, "aks", ["--set", "confidentiality.enabled=false", "--set", "workloadIdentity.enabled=false"])
+    assert "vault.maaEndpoint" in err and "confidentiality is off" in err, err
 
 
 def test_proxy_config_is_the_contract(helm):

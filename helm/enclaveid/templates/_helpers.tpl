@@ -106,6 +106,26 @@ app.kubernetes.io/component: workload
 {{- end -}}
 
 {{/*
+"true" for AKV without Secure Key Release: an akv: vault with confidentiality off (microk8s, or
+a dry run of another mode on a plain pool). There is no TEE to release the secret into, so the
+init commands get --no-skr and keep the master secret as a plain AKV secret, readable by
+anyone with secret-get permission on the vault. It never mixes with SKR: vault.maaEndpoint and
+vault.releasePolicy are refused here rather than silently dropped.
+*/}}
+{{- define "enclaveid.noSkr" -}}
+{{- $akv := hasPrefix "akv:" (include "enclaveid.vaultUrl" .) -}}
+{{- $confidential := eq (include "enclaveid.confidential" .) "true" -}}
+{{- $noSkr := and $akv (not $confidential) -}}
+{{- if and $noSkr .Values.vault.maaEndpoint -}}
+{{- fail (printf "vault.maaEndpoint = %q: confidentiality is off, so an akv: vault runs without secure key release (init --no-skr, the master secret a plain AKV secret); unset vault.maaEndpoint, or turn confidentiality on for SKR" .Values.vault.maaEndpoint) -}}
+{{- end -}}
+{{- if and $noSkr .Values.vault.releasePolicy -}}
+{{- fail "vault.releasePolicy is set but confidentiality is off, so an akv: vault runs without secure key release (init --no-skr) and no key is created; unset vault.releasePolicy, or turn confidentiality on for SKR" -}}
+{{- end -}}
+{{- $noSkr -}}
+{{- end -}}
+
+{{/*
 An image reference from {repository, tag, digest}. Args: dict "root" $ "image" <map> "field" "images.x".
 The digest wins over the tag. Outside microk8s (or with confidentiality on) a digest is required.
 */}}
@@ -177,13 +197,18 @@ Arguments that select the vault, for every init command (secrets, proxy, renew).
 releases the master secret (secrets to derive the CA key and check or make the CA certificate,
 proxy and renew to issue the leaf), so with confidentiality on each gets `--evidence` and the
 provider's flags; MAA is also the release policy's authority. The device: evidenceResources
-(aks) and evidenceMounts (kata-cc).
+(aks) and evidenceMounts (kata-cc). With an akv: vault and confidentiality off, each gets
+`--no-skr` instead (enclaveid.noSkr) and none of the SKR flags.
 */}}
 {{- define "enclaveid.vaultArgs" -}}
 {{- $root := . -}}
 - --vault
 - {{ include "enclaveid.vaultUrl" $root | quote }}
-{{- if hasPrefix "akv:" (include "enclaveid.vaultUrl" $root) }}
+{{- if eq (include "enclaveid.noSkr" $root) "true" }}
+- --no-skr
+- --master-secret-name
+- {{ $root.Values.vault.noSkrSecretName | quote }}
+{{- else if hasPrefix "akv:" (include "enclaveid.vaultUrl" $root) }}
 - --key-name
 - {{ $root.Values.vault.keyName | quote }}
 {{- $confidential := eq (include "enclaveid.confidential" $root) "true" }}

@@ -11,7 +11,9 @@ enclaveid.evidenceMounts); proxy and the app never do.
 {{- fail "vault.releasePolicy is required in kata-cc mode while init.secrets.enabled: a key created in the pod must pin x-ms-sevsnpvm-hostdata to the policy hash (enclaveid-attest policy-hash), and that hash cannot be an argument of the pod it hashes; pass --set-file vault.releasePolicy=FILE, or create the key out of band (enclaveid-init secrets --host-data ...) and set init.secrets.enabled=false" -}}
 {{- end -}}
 {{- /* `secrets` releases the master secret too (it derives the CA key to check or make the CA
-       certificate), so it gets init-proxy's release flags and device, but never the key tmpfs. */}}
+       certificate), so it gets init-proxy's release flags and device, but never the key tmpfs.
+       With an akv: vault and confidentiality off, vaultArgs gives it --no-skr instead: no key is
+       created, so no policy source follows (enclaveid.noSkr refuses vault.releasePolicy). */}}
 {{- $evidenceMounts := include "enclaveid.evidenceMounts" . | trim -}}
 - name: init-secrets
   image: {{ include "enclaveid.image" (dict "root" . "image" .Values.images.init "field" "images.init") }}

@@ -52,7 +52,7 @@ def machine() -> list[str]:
         (f"- enclaveid-proxy: `{os.environ['ENCLAVEID_PROXY_BIN']}`, release build of commit "
          f"{os.environ.get('BENCH_PROXY_REV', '(not stated)')}" if "ENCLAVEID_PROXY_BIN" in os.environ
          else f"- enclaveid-proxy built from `{_version(['git', '-C', str(HERE.parent), 'describe', '--always', '--dirty'])}`")
-        + " (release profile: LTO thin, codegen-units 1)",
+        + " (release profile: the root Cargo.toml's, fat LTO since 6f91343)",
     ]
 
 

@@ -128,6 +128,9 @@ impl ProxyHandle {
     }
 }
 
+/// The listen backlog of every listener (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Starts a proxy on the current tokio runtime.
 #[allow(
     clippy::too_many_lines,
@@ -148,17 +151,24 @@ pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, Sta
         dns: Arc::new(mesh::DnsCache::new(&config.dns)),
     });
     let bind = |what: &str, addr: SocketAddr| {
-        let sock = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        let err = |source| StartError::Bind {
             what: what.to_owned(),
             addr,
             source,
-        })?;
-        sock.set_nonblocking(true)
-            .map_err(|source| StartError::Bind {
-                what: what.to_owned(),
-                addr,
-                source,
-            })?;
+        };
+        // std's listen backlog is 128: a burst of connects overflows it while the loop is
+        // busy, and each dropped SYN costs that client TCP's 1 s retransmit.
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        sock.set_reuseaddr(true).map_err(err)?;
+        sock.bind(addr).map_err(err)?;
+        let listener = sock.listen(LISTEN_BACKLOG).map_err(err)?;
+        let sock = listener.into_std().map_err(err)?;
+        sock.set_nonblocking(true).map_err(err)?;
         Ok::<_, StartError>(sock)
     };
     let admin_sock = bind("admin", config.admin.listen)?;

@@ -224,6 +224,41 @@ impl MaaClient {
         }
     }
 
+    /// POSTs a JSON attestation request to `url` and returns the body of a 2xx answer. A
+    /// transport failure, 429 or 5xx is `MaaUnavailable` (retried); any other status is
+    /// `MaaRefused` with MAA's own message.
+    pub(crate) async fn post(&self, url: &str, body: Vec<u8>) -> Result<String, SkrError> {
+        let unavailable = |e: &reqwest::Error| SkrError::MaaUnavailable {
+            url: url.to_owned(),
+            detail: error_chain(e),
+        };
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| unavailable(&e))?;
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(SkrError::MaaUnavailable {
+                url: url.to_owned(),
+                detail: format!("HTTP {status}: {}", service_message(&text)),
+            });
+        }
+        if !status.is_success() {
+            return Err(SkrError::MaaRefused {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                message: service_message(&text),
+            });
+        }
+        Ok(text)
+    }
+
     /// Sends SNP evidence and runtime data; returns the MAA token (a JWT, treated as opaque).
     pub async fn attest_sev_snp_vm(
         &self,
@@ -235,39 +270,7 @@ impl MaaClient {
             self.base
         );
         let body = maa_request_body(evidence, runtime_data, rand::random());
-        let response = self
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| SkrError::MaaUnavailable {
-                url: url.clone(),
-                detail: error_chain(&e),
-            })?;
-        let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| SkrError::MaaUnavailable {
-                url: url.clone(),
-                detail: error_chain(&e),
-            })?;
-        if status.as_u16() == 429 || status.is_server_error() {
-            return Err(SkrError::MaaUnavailable {
-                url,
-                detail: format!("HTTP {status}: {}", service_message(&text)),
-            });
-        }
-        if !status.is_success() {
-            return Err(SkrError::MaaRefused {
-                url,
-                status: status.as_u16(),
-                message: service_message(&text),
-            });
-        }
+        let text = self.post(&url, body).await?;
         let parsed: MaaResponse =
             serde_json::from_str(&text).map_err(|e| SkrError::MaaResponse(e.to_string()))?;
         let token = Zeroizing::new(parsed.token);

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{error_chain, service_message, KekDecryptor, MaaClient, SkrError};
+use super::{KekDecryptor, MaaClient, SkrError};
 use crate::evidence_vtpm::{Decryption, GuestEvidence, GuestTpm, TpmKeyRef};
 
 /// MAA API version of `attest/AzureGuest`.
@@ -147,34 +147,7 @@ impl MaaClient {
     /// Sends guest evidence; returns MAA's token as sent (still encrypted to the TPM key).
     pub async fn attest_azure_guest(&self, body: &[u8]) -> Result<Zeroizing<String>, SkrError> {
         let url = self.azure_guest_url();
-        let unavailable = |e: &reqwest::Error| SkrError::MaaUnavailable {
-            url: url.clone(),
-            detail: error_chain(e),
-        };
-        let response = self
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| unavailable(&e))?;
-        if status.as_u16() == 429 || status.is_server_error() {
-            return Err(SkrError::MaaUnavailable {
-                url,
-                detail: format!("HTTP {status}: {}", service_message(&text)),
-            });
-        }
-        if !status.is_success() {
-            return Err(SkrError::MaaRefused {
-                url,
-                status: status.as_u16(),
-                message: service_message(&text),
-            });
-        }
+        let text = self.post(&url, body.to_vec()).await?;
         let parsed: TokenResponse =
             serde_json::from_str(&text).map_err(|e| SkrError::MaaResponse(e.to_string()))?;
         Ok(Zeroizing::new(parsed.token))

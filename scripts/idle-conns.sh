@@ -46,27 +46,7 @@ defaults: { max_connections: ${LIMIT}, idle_timeout_ms: 600000 }
 outbound:
   - { name: backend, listen: "127.0.0.1:${OUT}", upstream: "127.0.0.1:${IN}", server_name: backend.default.svc.cluster.local, protocol: ${MODE} }
 YAML
-if [ "$MODE" = tcp ]; then
-  rig_write_echo
-else
-  # An HTTP/1.1 keep-alive backend: answers every request head with a 2-byte body.
-  cat > echo.py <<'PY'
-import asyncio, sys
-async def handle(r, w):
-    try:
-        while (head := await r.readuntil(b"\r\n\r\n")):
-            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok")
-            await w.drain()
-    except Exception:
-        pass
-    w.close()
-async def main():
-    srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=4096)
-    async with srv:
-        await srv.serve_forever()
-asyncio.run(main())
-PY
-fi
+if [ "$MODE" = tcp ]; then rig_write_echo echo; else rig_write_echo http; fi
 rig_start_pair
 
 in_fds=$(ls "/proc/$PID_IN/fd" | wc -l); out_fds=$(ls "/proc/$PID_OUT/fd" | wc -l)

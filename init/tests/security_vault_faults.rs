@@ -18,11 +18,11 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use enclaveid_init::evidence::{evidence_for, AttestProvider, EvidenceSource};
+use enclaveid_init::evidence::evidence_for;
 use enclaveid_init::retry::RetryPolicy;
 use enclaveid_init::skr::{self, MaaClient, SkrError, TransferKey};
 use enclaveid_init::vault::akv::{http_client, AkvOptions, AkvVault, SkrSetup};
@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::double::{Double, HeldKey, TestPki};
 use support::{bin, snapshot};
+use support::{simulated_evidence, StaticToken};
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
@@ -242,40 +243,6 @@ async fn a_vault_that_never_answers_is_cut_off_by_the_deadline_then_exits_1() {
     assert_eq!(written, 0, "partial output");
 }
 
-/// A bearer-token source: the double accepts any bearer token (Entra ID is not under test).
-#[derive(Debug)]
-struct StaticToken;
-
-#[async_trait::async_trait]
-impl azure_core::credentials::TokenCredential for StaticToken {
-    async fn get_token(
-        &self,
-        _scopes: &[&str],
-        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
-        Ok(azure_core::credentials::AccessToken::new(
-            "test-token",
-            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        ))
-    }
-}
-
-/// The attest crate's simulated SNP provider, built once (its RSA-4096 chain takes seconds).
-fn evidence() -> Arc<dyn EvidenceSource> {
-    static PROVIDER: OnceLock<Arc<dyn EvidenceSource>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| {
-            let built = enclaveid_attest::provider::build(
-                &enclaveid_attest::provider::ProviderConfig::new(
-                    enclaveid_attest::provider::ProviderKind::Simulated,
-                ),
-            )
-            .unwrap();
-            Arc::new(AttestProvider::new(built))
-        })
-        .clone()
-}
-
 /// The double holding a 32-byte oct key, and an `AkvVault` on it with `deadline`.
 async fn double_and_vault(deadline: Duration) -> (Double, AkvVault) {
     let pki = Arc::new(TestPki::new());
@@ -298,7 +265,7 @@ async fn double_and_vault(deadline: Duration) -> (Double, AkvVault) {
         None,
         Some(SkrSetup {
             maa: MaaClient::new(&double.base, http_client(&roots).unwrap()),
-            evidence: evidence(),
+            evidence: simulated_evidence(),
             jws_roots: roots,
         }),
     )
@@ -370,7 +337,7 @@ async fn only_expired_maa_tokens_fail_at_the_deadline_naming_the_expiry_exit_1()
 async fn raw_token(double: &Double, http: &reqwest::Client) -> String {
     let transfer = TransferKey::generate().unwrap();
     let runtime = transfer.runtime_data();
-    let snp = evidence_for(evidence(), skr::report_data_for(&runtime))
+    let snp = evidence_for(simulated_evidence(), skr::report_data_for(&runtime))
         .await
         .unwrap();
     let answer = http

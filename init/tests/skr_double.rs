@@ -8,10 +8,9 @@
 
 mod support;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use enclaveid_init::evidence::{AttestProvider, EvidenceSource};
 use enclaveid_init::retry::RetryPolicy;
 use enclaveid_init::skr::{MaaClient, SkrError};
 use enclaveid_init::vault::akv::{http_client, AkvOptions, AkvVault, SkrSetup};
@@ -19,42 +18,7 @@ use enclaveid_init::vault::VaultError;
 use enclaveid_pki::derive::{derive_ca_key, MasterSecret, VaultKeyType};
 use rsa::traits::PrivateKeyParts as _;
 use support::double::{Double, HeldKey, TestPki};
-
-/// A bearer-token source for the tests: the double accepts any token (Entra ID is not part
-/// of what is tested here).
-#[derive(Debug)]
-struct StaticToken;
-
-#[async_trait::async_trait]
-impl azure_core::credentials::TokenCredential for StaticToken {
-    async fn get_token(
-        &self,
-        _scopes: &[&str],
-        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
-        Ok(azure_core::credentials::AccessToken::new(
-            "test-token",
-            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        ))
-    }
-}
-
-/// The attest crate's simulated provider (real SNP report layout, software-signed); built
-/// once per test binary because its RSA-4096 chain takes seconds.
-fn evidence() -> Arc<dyn EvidenceSource> {
-    static PROVIDER: OnceLock<Arc<dyn EvidenceSource>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| {
-            let built = enclaveid_attest::provider::build(
-                &enclaveid_attest::provider::ProviderConfig::new(
-                    enclaveid_attest::provider::ProviderKind::Simulated,
-                ),
-            )
-            .unwrap();
-            Arc::new(AttestProvider::new(built))
-        })
-        .clone()
-}
+use support::{simulated_evidence, StaticToken};
 
 fn vault(double: &Double, pki: &TestPki, deadline: Duration, jws_root: &TestPki) -> AkvVault {
     let roots = vec![pki.root_der.clone()];
@@ -75,7 +39,7 @@ fn vault(double: &Double, pki: &TestPki, deadline: Duration, jws_root: &TestPki)
         None,
         Some(SkrSetup {
             maa: MaaClient::new(&double.base, http_client(&roots).unwrap()),
-            evidence: evidence(),
+            evidence: simulated_evidence(),
             jws_roots: vec![jws_root.root_der.clone()],
         }),
     )

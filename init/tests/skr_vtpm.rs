@@ -37,27 +37,10 @@ use enclaveid_pki::derive::{derive_ca_key, MasterSecret, VaultKeyType};
 use rsa::pkcs8::DecodePublicKey as _;
 use rsa::traits::PrivateKeyParts as _;
 use support::double::{Double, HeldKey, TestPki};
+use support::StaticToken;
 
 use guest_double::GuestMaa;
 use swtpm::{require_tool, Swtpm};
-
-/// Bearer tokens for the Key Vault client: the double accepts any (Entra ID is not under test).
-#[derive(Debug)]
-struct StaticToken;
-
-#[async_trait::async_trait]
-impl azure_core::credentials::TokenCredential for StaticToken {
-    async fn get_token(
-        &self,
-        _scopes: &[&str],
-        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
-        Ok(azure_core::credentials::AccessToken::new(
-            "test-token",
-            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        ))
-    }
-}
 
 /// The simulated AMD chain that signs the HCL report's SNP report (RSA-4096: made once).
 fn amd() -> &'static SimulatedChain {

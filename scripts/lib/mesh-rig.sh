@@ -6,7 +6,7 @@
 #   rig_mint_pki     a mesh CA shaped like init's (P-256, pathlen 0) and leaves for
 #                    frontend/ and backend/ (ca.pem, cert.pem, key.pem in each)
 #   rig_port         prints a free loopback port
-#   rig_write_echo   writes echo.py, the asyncio echo backend
+#   rig_write_echo [echo|http]  writes echo.py, the asyncio backend (byte echo, or HTTP/1.1 200s)
 #   rig_start_pair   starts echo.py on $APP and the proxies from backend.yaml / frontend.yaml,
 #                    sets $PID_IN / $PID_OUT and waits for both /ready ($ADMIN_IN, $ADMIN_OUT);
 #                    exits 1 with the sidecars' last log lines if one is not ready in 10 s
@@ -47,13 +47,21 @@ rig_mint_pki() {
 rig_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 rig_write_echo() {
-  cat > echo.py <<'PY'
+  # $1 = echo (default): every byte back; http: one 2-byte 200 per HTTP/1.1 request head.
+  local reply="${1:-echo}"
+  cat > echo.py <<PY
 import asyncio, sys
+REPLY = "${reply}"
 async def handle(r, w):
     try:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
+        if REPLY == "http":
+            while await r.readuntil(b"\\r\\n\\r\\n"):
+                w.write(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\ncontent-type: text/plain\\r\\n\\r\\nok")
+                await w.drain()
+        else:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
     except Exception:
         pass
     w.close()

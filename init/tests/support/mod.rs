@@ -17,6 +17,43 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A bearer-token source for the Key Vault client: the test doubles accept any token (Entra ID
+/// is not under test).
+#[derive(Debug)]
+pub struct StaticToken;
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for StaticToken {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        Ok(azure_core::credentials::AccessToken::new(
+            "test-token",
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        ))
+    }
+}
+
+/// The attest crate's simulated SNP provider (real report layout, software-signed), built once
+/// per test binary because its RSA-4096 chain takes seconds.
+pub fn simulated_evidence() -> std::sync::Arc<dyn enclaveid_init::evidence::EvidenceSource> {
+    use std::sync::{Arc, OnceLock};
+    static PROVIDER: OnceLock<Arc<dyn enclaveid_init::evidence::EvidenceSource>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let built = enclaveid_attest::provider::build(
+                &enclaveid_attest::provider::ProviderConfig::new(
+                    enclaveid_attest::provider::ProviderKind::Simulated,
+                ),
+            )
+            .unwrap();
+            Arc::new(enclaveid_init::evidence::AttestProvider::new(built))
+        })
+        .clone()
+}
+
 /// The binary under test.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_enclaveid-init"));

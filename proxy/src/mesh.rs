@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -304,7 +304,7 @@ impl DnsCache {
         target: &HostPort,
         metrics: &ListenerMetrics,
     ) -> io::Result<Arc<[SocketAddr]>> {
-        if let Ok(ip) = target.host.parse::<IpAddr>() {
+        if let Some(ip) = target.ip() {
             return Ok(Arc::from([SocketAddr::new(ip, target.port)]));
         }
         let key = (target.host.clone(), target.port);

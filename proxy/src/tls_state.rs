@@ -219,6 +219,12 @@ impl TlsState {
         &self.chain_counters
     }
 
+    /// The hit and miss counts as a Prometheus collector, for the proxy's registry.
+    #[must_use]
+    pub fn chain_cache_collector(&self) -> ChainCacheCollector {
+        ChainCacheCollector::new(self.chain_counters.clone())
+    }
+
     /// Re-reads the files; if their content changed since the last attempt, tries to switch.
     /// Returns `None` when nothing new happened (no change, a possible rotation in progress, or
     /// a failure already reported), `Some(Err)` when a new failure was counted.
@@ -360,6 +366,56 @@ impl TlsState {
     }
 }
 
+/// `enclaveid_proxy_tls_verified_chain_cache_lookups_total{result="hit"|"miss"}`: peer chain
+/// checks answered from the verified-chain caches, or run in full (a new peer, a chain outside
+/// its cached validity window, or a refused chain). Read from the pki counters at each scrape.
+pub struct ChainCacheCollector {
+    counters: Arc<ChainCacheCounters>,
+    lookups: prometheus::IntCounterVec,
+    /// Serialises scrapes: each brings the counter up to the pki count by the difference.
+    sync: Mutex<()>,
+}
+
+impl ChainCacheCollector {
+    fn new(counters: Arc<ChainCacheCounters>) -> Self {
+        let lookups = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "tls_verified_chain_cache_lookups_total",
+                "Peer certificate chain checks answered from the cache of verified chains (hit) or run in full (miss).",
+            )
+            .namespace("enclaveid_proxy"),
+            &["result"],
+        )
+        .expect("valid metric");
+        Self {
+            counters,
+            lookups,
+            sync: Mutex::new(()),
+        }
+    }
+}
+
+impl prometheus::core::Collector for ChainCacheCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.lookups.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _one_at_a_time = self
+            .sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (result, count) in [
+            ("hit", self.counters.hits()),
+            ("miss", self.counters.misses()),
+        ] {
+            let c = self.lookups.with_label_values(&[result]);
+            c.inc_by(count.saturating_sub(c.get()));
+        }
+        self.lookups.collect()
+    }
+}
+
 #[allow(
     clippy::cast_precision_loss,
     reason = "Unix seconds fit f64's 52-bit mantissa for millions of years"
@@ -487,6 +543,26 @@ mod tests {
         let out = loopback_handshake(peer, "localhost", before.inbound[0].clone());
         assert!(out.server.is_ok(), "{out:?}");
         assert_eq!(counts(), (2, 2));
+
+        // What the proxy's registry would show.
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(tls.chain_cache_collector()))
+            .unwrap();
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut text,
+        )
+        .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in [
+            "enclaveid_proxy_tls_verified_chain_cache_lookups_total{result=\"hit\"} 2",
+            "enclaveid_proxy_tls_verified_chain_cache_lookups_total{result=\"miss\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! in `benches/README.md`, a quarter of a full handshake's CPU).
 //!
 //! What is cached is only what a successful chain verification established and that does not
-//! depend on the time: the chain (the key, a SHA-256 over every certificate presented, each
-//! length-prefixed), the validity window common to all of them, and the leaf's SANs. A hit
+//! depend on the time, under a key that stands for the exact chain presented (a SHA-256 over
+//! every certificate, each length-prefixed): the validity window common to all of them, and
+//! the leaf's SANs. No certificate bytes are kept. A hit
 //! still checks that window against the `now` of the handshake, and the verifiers still run
 //! every per-handshake check (allow list, server name, the `CertificateVerify` signature).
 //! Failures are never cached. A cache belongs to one [`super::Material`], whose anchors never

@@ -1,12 +1,18 @@
 //! Throwaway CAs and leaves for tests, minted per test with rcgen: a good workload leaf, and the
 //! bad ones a verifier must refuse (another CA, expired, not yet valid, wrong SAN, a CA
-//! certificate used as a leaf, a wrong extended key usage). Never enabled in a binary.
+//! certificate used as a leaf, a wrong extended key usage), and a real handshake over loopback.
+//! Never enabled in a binary.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls_pki_types::CertificateDer;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use rustls_pki_types::{CertificateDer, ServerName};
 use time::{Duration, OffsetDateTime};
 
 use crate::identity::{service_dns_names, SpiffeId, DEFAULT_TRUST_DOMAIN};
@@ -213,6 +219,66 @@ impl TestCa {
     pub fn workload(&self, sa: &str) -> TestCert {
         self.issue(&LeafSpec::workload(sa))
     }
+}
+
+/// What each end of a [`loopback_handshake`] saw. Errors wrap the rustls error, so
+/// [`crate::tls::RejectReason::from_io`] classifies them.
+#[derive(Debug)]
+pub struct HandshakeOutcome {
+    /// The client's result: `Ok` once it has read the byte the server sends after accepting
+    /// the client's certificate (in TLS 1.3 the client finishes before the server has checked it).
+    pub client: std::io::Result<()>,
+    /// The server's result.
+    pub server: std::io::Result<()>,
+}
+
+/// One mutual-TLS handshake over a real TCP connection on loopback, with blocking sockets and a
+/// thread for the server; every read and write has a generous timeout so nothing hangs.
+#[must_use]
+pub fn loopback_handshake(
+    client: Arc<ClientConfig>,
+    server_name: &str,
+    server: Arc<ServerConfig>,
+) -> HandshakeOutcome {
+    const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    let timeouts = |sock: &TcpStream| -> std::io::Result<()> {
+        sock.set_read_timeout(Some(IO_TIMEOUT))?;
+        sock.set_write_timeout(Some(IO_TIMEOUT))
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let server_side = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut sock, _) = listener.accept()?;
+        timeouts(&sock)?;
+        let mut conn = ServerConnection::new(server).map_err(std::io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        tls.write_all(b"k")?;
+        tls.flush()?;
+        // Wait for the client to close, so that closing first cannot reset the byte away.
+        let _ = tls.read(&mut [0; 1]);
+        Ok(())
+    });
+    let client_side = || -> std::io::Result<()> {
+        // Connect first, so that the server thread's accept returns whatever happens next.
+        let mut sock = TcpStream::connect(addr)?;
+        timeouts(&sock)?;
+        let name = ServerName::try_from(server_name.to_owned()).map_err(std::io::Error::other)?;
+        let mut conn = ClientConnection::new(client, name).map_err(std::io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        rustls::Stream::new(&mut conn, &mut sock).read_exact(&mut [0; 1])
+    };
+    let client = client_side();
+    let server = server_side
+        .join()
+        .expect("the server thread returns its errors rather than panicking");
+    HandshakeOutcome { client, server }
 }
 
 #[cfg(test)]

@@ -3,22 +3,30 @@
 //! verifies the peer against the same bundle and the expected server name, and the
 //! classification of handshake failures into the `reason` label the proxy counts them under.
 //!
-//! The pinned bundle is the only trust anchor; the system roots are never consulted.
+//! The pinned bundle is the only trust anchor; the system roots are never consulted. The
+//! verifiers live in `tls/verify.rs`; chains that verified are remembered per [`Material`],
+//! bounded, in `tls/verified.rs`, so that the next handshake with the same peer skips the
+//! signature checks of its chain (never the per-handshake checks).
+
+#[cfg(test)]
+mod tests;
+mod verified;
+mod verify;
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
-    ServerConfig, SignatureScheme,
-};
-use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use verified::VerifiedChains;
+pub use verified::{ChainCacheCounters, DEFAULT_CAPACITY as CHAIN_CACHE_CAPACITY};
+use verify::{Anchors, MeshClientVerifier, MeshServerVerifier};
 
 use crate::identity::{AllowPattern, PeerIdentity};
 use crate::pem::{self, PemError, PrivateKey};
@@ -80,7 +88,9 @@ pub struct TlsSettings {
     pub session_resumption: bool,
 }
 
-/// A verified set of TLS material: the pinned roots and this workload's key and chain.
+/// A verified set of TLS material: the pinned roots and this workload's key and chain, and the
+/// caches of peer chains that verified against those roots (shared by every config built from
+/// this material and by its clones; new material starts with empty ones).
 #[derive(Clone)]
 pub struct Material {
     roots: Arc<RootCertStore>,
@@ -89,6 +99,11 @@ pub struct Material {
     key: Arc<CertifiedKey>,
     identity: PeerIdentity,
     not_after: i64,
+    /// Client chains (`clientAuth`) that verified against `anchors`, for the server configs.
+    client_chains: Arc<VerifiedChains>,
+    /// Server chains (`serverAuth`) that verified against `anchors`, for the client configs.
+    server_chains: Arc<VerifiedChains>,
+    chain_counters: Arc<ChainCacheCounters>,
 }
 
 impl std::fmt::Debug for Material {
@@ -173,6 +188,7 @@ impl Material {
         let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
             .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
         let not_after = parsed.validity().not_after.timestamp();
+        let counters = Arc::new(ChainCacheCounters::default());
         Ok(Self {
             roots: Arc::new(roots),
             anchors,
@@ -180,7 +196,34 @@ impl Material {
             key: Arc::new(certified),
             identity,
             not_after,
+            client_chains: Arc::new(VerifiedChains::new(CHAIN_CACHE_CAPACITY, counters.clone())),
+            server_chains: Arc::new(VerifiedChains::new(CHAIN_CACHE_CAPACITY, counters.clone())),
+            chain_counters: counters,
         })
+    }
+
+    /// The same material with empty verified-chain caches of `capacity` entries each (0 turns
+    /// the caches off), counting into `counters`. The proxy passes one set of counters to every
+    /// reload so that its metrics only grow. Configs built before this call keep their caches.
+    #[must_use]
+    pub fn with_chain_cache(mut self, capacity: usize, counters: Arc<ChainCacheCounters>) -> Self {
+        self.client_chains = Arc::new(VerifiedChains::new(capacity, counters.clone()));
+        self.server_chains = Arc::new(VerifiedChains::new(capacity, counters.clone()));
+        self.chain_counters = counters;
+        self
+    }
+
+    /// Hits and misses of the verified-chain caches of the configs built from this material.
+    #[must_use]
+    pub fn chain_cache_counters(&self) -> &Arc<ChainCacheCounters> {
+        &self.chain_counters
+    }
+
+    /// Chains held now by the caches, client chains plus server chains (each cache holds at
+    /// most its capacity, [`CHAIN_CACHE_CAPACITY`] by default).
+    #[must_use]
+    pub fn chain_cache_len(&self) -> usize {
+        self.client_chains.len() + self.server_chains.len()
     }
 
     /// This workload's own identity (the leaf's SANs).
@@ -215,14 +258,7 @@ impl Material {
         allow: Option<Vec<AllowPattern>>,
         alpn: &[&[u8]],
     ) -> Result<ServerConfig, TlsError> {
-        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let verifier: Arc<dyn ClientCertVerifier> = Arc::new(MeshClientVerifier {
-            inner,
-            anchors: self.anchors.clone(),
-            allow,
-        });
+        let verifier: Arc<dyn ClientCertVerifier> = Arc::new(self.mesh_client_verifier(allow)?);
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(versions(settings.min_version))
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -244,13 +280,7 @@ impl Material {
         settings: &TlsSettings,
         alpn: &[&[u8]],
     ) -> Result<ClientConfig, TlsError> {
-        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(MeshServerVerifier {
-            inner,
-            anchors: self.anchors.clone(),
-        });
+        let verifier: Arc<dyn ServerCertVerifier> = Arc::new(self.mesh_server_verifier()?);
         let mut config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(versions(settings.min_version))
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -263,6 +293,34 @@ impl Material {
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
+
+    /// The client-certificate verifier of the server configs, sharing this material's cache.
+    fn mesh_client_verifier(
+        &self,
+        allow: Option<Vec<AllowPattern>>,
+    ) -> Result<MeshClientVerifier, TlsError> {
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(MeshClientVerifier {
+            inner,
+            anchors: self.anchors.clone(),
+            allow,
+            chains: self.client_chains.clone(),
+        })
+    }
+
+    /// The server-certificate verifier of the client configs, sharing this material's cache.
+    fn mesh_server_verifier(&self) -> Result<MeshServerVerifier, TlsError> {
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(MeshServerVerifier {
+            inner,
+            anchors: self.anchors.clone(),
+            chains: self.server_chains.clone(),
+        })
+    }
 }
 
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -273,227 +331,6 @@ fn versions(min: MinVersion) -> &'static [&'static rustls::SupportedProtocolVers
     match min {
         MinVersion::Tls12 => TLS12_AND_13,
         MinVersion::Tls13 => TLS13_ONLY,
-    }
-}
-
-/// The pinned anchors with each one's `pathLenConstraint`, which webpki does not apply to a
-/// trust anchor: the mesh CA has pathlen 0, so a chain through any intermediate is refused.
-#[derive(Debug)]
-struct Anchors {
-    trusted: Vec<TrustAnchor<'static>>,
-    path_len: Vec<Option<u32>>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl Anchors {
-    fn new(ca_certs: &[CertificateDer<'static>]) -> Result<Self, TlsError> {
-        let mut anchors = Vec::with_capacity(ca_certs.len());
-        let mut path_len = Vec::with_capacity(ca_certs.len());
-        for (index, c) in ca_certs.iter().enumerate() {
-            let bad = |why: String| TlsError::BadAnchor { index, why };
-            anchors.push(
-                webpki::anchor_from_trusted_cert(c)
-                    .map_err(|e| bad(e.to_string()))?
-                    .to_owned(),
-            );
-            let (_, parsed) =
-                x509_parser::parse_x509_certificate(c).map_err(|e| bad(e.to_string()))?;
-            let bc = parsed.basic_constraints().map_err(|e| bad(e.to_string()))?;
-            path_len.push(bc.and_then(|b| b.value.path_len_constraint));
-        }
-        Ok(Self {
-            trusted: anchors,
-            path_len,
-            algs: aws_lc_rs::default_provider().signature_verification_algorithms,
-        })
-    }
-
-    /// Verifies a chain for a usage at `now`, including the anchors' path length limits.
-    fn verify(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-        usage: webpki::KeyUsage,
-    ) -> Result<(), webpki::Error> {
-        let ee = webpki::EndEntityCert::try_from(end_entity)?;
-        let check = |path: &webpki::VerifiedPath<'_>| {
-            let depth = path.intermediate_certificates().count();
-            let spki = path.anchor().subject_public_key_info.as_ref();
-            let limit = self
-                .trusted
-                .iter()
-                .zip(&self.path_len)
-                .find(|(a, _)| a.subject_public_key_info.as_ref() == spki)
-                .and_then(|(_, l)| *l);
-            match limit {
-                Some(l) if depth > l as usize => Err(webpki::Error::PathLenConstraintViolated),
-                _ => Ok(()),
-            }
-        };
-        ee.verify_for_usage(
-            self.algs.all,
-            &self.trusted,
-            intermediates,
-            now,
-            usage,
-            None,
-            Some(&check),
-        )
-        .map(|_| ())
-    }
-}
-
-/// A chain the anchors' path length refuses, as a rustls error (counted as `bad_certificate`).
-fn path_error(e: webpki::Error) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
-}
-
-/// The peer's handshake signature (CertificateVerify) did not verify: a bad certificate (for
-/// example an RSA-1024 key), not an unknown CA.
-#[derive(Debug, thiserror::Error)]
-#[error("handshake signature rejected: {0}")]
-struct HandshakeSignatureError(rustls::Error);
-
-fn signature_error(e: rustls::Error) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-        HandshakeSignatureError(e),
-    ))))
-}
-
-/// The pinned-CA client verifier, plus the anchors' path length and the listener's allow list.
-#[derive(Debug)]
-struct MeshClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    anchors: Arc<Anchors>,
-    allow: Option<Vec<AllowPattern>>,
-}
-
-impl ClientCertVerifier for MeshClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        // Fast path: a leaf sent alone cannot exceed any path length.
-        if !intermediates.is_empty() {
-            self.anchors
-                .verify(
-                    end_entity,
-                    intermediates,
-                    now,
-                    webpki::KeyUsage::client_auth(),
-                )
-                .map_err(path_error)?;
-        }
-        if let Some(allow) = &self.allow {
-            let id = PeerIdentity::from_der(end_entity)
-                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            if !id.is_allowed(allow) {
-                return Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ));
-            }
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner
-            .verify_tls12_signature(message, cert, dss)
-            .map_err(signature_error)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner
-            .verify_tls13_signature(message, cert, dss)
-            .map_err(signature_error)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// The pinned-CA server verifier (chain, validity, SAN against the server name), plus the
-/// anchors' path length.
-#[derive(Debug)]
-struct MeshServerVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    anchors: Arc<Anchors>,
-}
-
-impl ServerCertVerifier for MeshServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
-        if !intermediates.is_empty() {
-            self.anchors
-                .verify(
-                    end_entity,
-                    intermediates,
-                    now,
-                    webpki::KeyUsage::server_auth(),
-                )
-                .map_err(path_error)?;
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner
-            .verify_tls12_signature(message, cert, dss)
-            .map_err(signature_error)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner
-            .verify_tls13_signature(message, cert, dss)
-            .map_err(signature_error)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

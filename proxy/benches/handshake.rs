@@ -1,7 +1,8 @@
 //! Criterion: one full mutual-TLS 1.3 handshake, in memory, with the configurations the proxy
-//! builds (`enclaveid_pki::tls::Material`: pinned-CA verifiers, no resumption), and the levers
-//! around it measured at the rustls level with the same verifiers: the key-exchange group and the
-//! cost of verifying a chain against the single pinned CA.
+//! builds (`enclaveid_pki::tls::Material`: pinned-CA verifiers, no resumption) with their
+//! verified-chain caches warm, cold and turned off, and the levers around it measured at the
+//! rustls level with the same verifiers: the key-exchange group and the cost of verifying a chain
+//! against the single pinned CA.
 //!
 //! `cargo bench -p enclaveid-proxy --bench handshake`; throughput reads as handshakes/s.
 //!
@@ -13,11 +14,11 @@
 use std::sync::Arc;
 
 use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use enclaveid_pki::pem;
 use enclaveid_pki::testing::{TestCa, TestCert};
-use enclaveid_pki::tls::{Material, TlsSettings};
+use enclaveid_pki::tls::{ChainCacheCounters, Material, TlsSettings, CHAIN_CACHE_CAPACITY};
 use rustls::crypto::{aws_lc_rs, CryptoProvider, SupportedKxGroup};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig};
@@ -66,6 +67,27 @@ fn material(ca: &TestCa, leaf: &TestCert) -> Material {
         ["ca", "cert", "key"],
     )
     .expect("freshly minted material verifies")
+}
+
+/// The proxy's own configurations, from fresh material whose verified-chain caches hold
+/// `capacity` chains (0: no cache).
+fn configs(
+    ca: &TestCa,
+    client: &TestCert,
+    server: &TestCert,
+    capacity: usize,
+) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+    let settings = TlsSettings::default();
+    let counters = Arc::new(ChainCacheCounters::default());
+    let server = material(ca, server)
+        .with_chain_cache(capacity, counters.clone())
+        .server_config(&settings, None, &[])
+        .expect("server config");
+    let client = material(ca, client)
+        .with_chain_cache(capacity, counters)
+        .client_config(&settings, &[])
+        .expect("client config");
+    (Arc::new(client), Arc::new(server))
 }
 
 /// The proxy's own configurations, with the provider's key-exchange groups replaced.
@@ -117,25 +139,36 @@ fn bench_handshake(c: &mut Criterion<ThreadCpu>) {
     let ca = TestCa::new("bench-mesh-ca");
     let server_leaf = ca.workload("backend");
     let client_leaf = ca.workload("frontend");
-    let settings = TlsSettings::default();
-    let server = Arc::new(
-        material(&ca, &server_leaf)
-            .server_config(&settings, None, &[])
-            .expect("server config"),
-    );
-    let client = Arc::new(
-        material(&ca, &client_leaf)
-            .client_config(&settings, &[])
-            .expect("client config"),
-    );
+    let (client, server) = configs(&ca, &client_leaf, &server_leaf, CHAIN_CACHE_CAPACITY);
     let mut buf = Vec::with_capacity(16 * 1024);
 
     let mut group = c.benchmark_group("mtls_handshake");
     group.throughput(Throughput::Elements(1));
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    // Warm: after the first handshake both ends answer the chain check from their cache.
     group.bench_function("proxy_configs", |b| {
         b.iter(|| handshake(&client, &server, &mut buf));
     });
+    // No cache at all: the verifiers as they were before it.
+    let (cc, sc) = configs(&ca, &client_leaf, &server_leaf, 0);
+    group.bench_function("proxy_configs_no_cache", |b| {
+        b.iter(|| handshake(&cc, &sc, &mut buf));
+    });
+    // A first handshake: fresh configs for every handshake, built and dropped outside the
+    // measurement, with empty caches (both chains verified in full, then hashed, read for their
+    // validity window and cached) and, to compare, with the cache turned off.
+    for (name, capacity) in [("cache_cold", CHAIN_CACHE_CAPACITY), ("no_cache", 0)] {
+        group.bench_function(BenchmarkId::new("fresh_configs", name), |b| {
+            b.iter_batched(
+                || configs(&ca, &client_leaf, &server_leaf, capacity),
+                |(cc, sc)| {
+                    handshake(&cc, &sc, &mut buf);
+                    (cc, sc)
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
     let kx: [(&str, &'static dyn SupportedKxGroup); 3] = [
         ("x25519", aws_lc_rs::kx_group::X25519),
         ("secp256r1", aws_lc_rs::kx_group::SECP256R1),

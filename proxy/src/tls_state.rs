@@ -3,6 +3,10 @@
 //! only and open connections keep the config they started with. A new set of files is used only
 //! if it parses, the key matches the leaf and the leaf verifies against the (new) CA bundle;
 //! otherwise it is refused, logged and counted, and the old material keeps serving.
+//!
+//! Each set of material carries its own caches of verified peer chains (`enclaveid_pki::tls`),
+//! so a reload, a new CA in particular, starts with empty caches; only the hit and miss counts
+//! carry over, for the metrics.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -13,7 +17,9 @@ use tokio::time::Instant;
 
 use enclaveid_pki::identity::AllowPattern;
 use enclaveid_pki::pem;
-use enclaveid_pki::tls::{Material, TlsError, TlsSettings};
+use enclaveid_pki::tls::{
+    ChainCacheCounters, Material, TlsError, TlsSettings, CHAIN_CACHE_CAPACITY,
+};
 use rustls::{ClientConfig, ServerConfig};
 use zeroize::Zeroizing;
 
@@ -117,6 +123,8 @@ pub struct TlsState {
     /// The poll interval: the first re-warning of a lasting failure comes two of these later.
     interval: Duration,
     metrics: Arc<Metrics>,
+    /// Hits and misses of the verified-chain caches of every material loaded so far.
+    chain_counters: Arc<ChainCacheCounters>,
 }
 
 /// What the poller knows about the files on disk.
@@ -166,7 +174,16 @@ impl TlsState {
             .collect();
         let (ca, cert, key, names) = source.read()?;
         let hash = digest(&ca, &cert, &key);
-        let loaded = build(&settings, &inbound, &ca, &cert, &key, &names)?;
+        let chain_counters = Arc::new(ChainCacheCounters::default());
+        let loaded = build(
+            &settings,
+            &inbound,
+            &ca,
+            &cert,
+            &key,
+            &names,
+            &chain_counters,
+        )?;
         metrics
             .cert_expiry
             .set(unix_f64(loaded.material.not_after()));
@@ -183,6 +200,7 @@ impl TlsState {
             }),
             interval: config.tls.reload_interval,
             metrics,
+            chain_counters,
         })
     }
 
@@ -193,6 +211,18 @@ impl TlsState {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Hits and misses of the verified-chain caches, over every reload (they only grow).
+    #[must_use]
+    pub fn chain_cache_counters(&self) -> &Arc<ChainCacheCounters> {
+        &self.chain_counters
+    }
+
+    /// The hit and miss counts as a Prometheus collector, for the proxy's registry.
+    #[must_use]
+    pub fn chain_cache_collector(&self) -> ChainCacheCollector {
+        ChainCacheCollector::new(self.chain_counters.clone())
     }
 
     /// Re-reads the files; if their content changed since the last attempt, tries to switch.
@@ -241,7 +271,15 @@ impl TlsState {
             Self::still_failing(&mut w, now);
             return None;
         }
-        match build(&self.settings, &self.inbound, &ca, &cert, &key, &names) {
+        match build(
+            &self.settings,
+            &self.inbound,
+            &ca,
+            &cert,
+            &key,
+            &names,
+            &self.chain_counters,
+        ) {
             Ok(loaded) => {
                 w.serving = hash;
                 w.pending = None;
@@ -328,6 +366,56 @@ impl TlsState {
     }
 }
 
+/// `enclaveid_proxy_tls_verified_chain_cache_lookups_total{result="hit"|"miss"}`: peer chain
+/// checks answered from the verified-chain caches, or run in full (a new peer, a chain outside
+/// its cached validity window, or a refused chain). Read from the pki counters at each scrape.
+pub struct ChainCacheCollector {
+    counters: Arc<ChainCacheCounters>,
+    lookups: prometheus::IntCounterVec,
+    /// Serialises scrapes: each brings the counter up to the pki count by the difference.
+    sync: Mutex<()>,
+}
+
+impl ChainCacheCollector {
+    fn new(counters: Arc<ChainCacheCounters>) -> Self {
+        let lookups = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "tls_verified_chain_cache_lookups_total",
+                "Peer certificate chain checks answered from the cache of verified chains (hit) or run in full (miss).",
+            )
+            .namespace("enclaveid_proxy"),
+            &["result"],
+        )
+        .expect("valid metric");
+        Self {
+            counters,
+            lookups,
+            sync: Mutex::new(()),
+        }
+    }
+}
+
+impl prometheus::core::Collector for ChainCacheCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.lookups.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _one_at_a_time = self
+            .sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (result, count) in [
+            ("hit", self.counters.hits()),
+            ("miss", self.counters.misses()),
+        ] {
+            let c = self.lookups.with_label_values(&[result]);
+            c.inc_by(count.saturating_sub(c.get()));
+        }
+        self.lookups.collect()
+    }
+}
+
 #[allow(
     clippy::cast_precision_loss,
     reason = "Unix seconds fit f64's 52-bit mantissa for millions of years"
@@ -349,8 +437,12 @@ fn build(
     cert: &[u8],
     key: &[u8],
     names: &[String; 3],
+    chain_counters: &Arc<ChainCacheCounters>,
 ) -> Result<Loaded, TlsError> {
-    let material = Material::from_pem(ca, cert, key, [&names[0], &names[1], &names[2]])?;
+    // New material, new (empty) verified-chain caches: nothing verified against the previous
+    // CA bundle is trusted by the new configs.
+    let material = Material::from_pem(ca, cert, key, [&names[0], &names[1], &names[2]])?
+        .with_chain_cache(CHAIN_CACHE_CAPACITY, chain_counters.clone());
     let inbound = inbound
         .iter()
         .map(|(allow, protocol)| {
@@ -376,12 +468,101 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use enclaveid_pki::testing::TestCa;
+    use enclaveid_pki::testing::{loopback_handshake, TestCa, TestCert};
+    use enclaveid_pki::tls::RejectReason;
 
     fn write(dir: &std::path::Path, name: &str, body: &str) {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, body).unwrap();
         std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+
+    /// A client config presenting `leaf`, trusting `trusted`.
+    fn dialer(trusted: &[&TestCa], leaf: &TestCert) -> Arc<ClientConfig> {
+        let bundle: String = trusted.iter().map(|ca| ca.cert_pem()).collect();
+        let m = Material::from_pem(
+            bundle.as_bytes(),
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            ["ca", "cert", "key"],
+        )
+        .unwrap();
+        Arc::new(m.client_config(&TlsSettings::default(), &[]).unwrap())
+    }
+
+    #[test]
+    fn a_chain_cached_under_the_old_ca_is_refused_after_a_reload_to_a_new_ca() {
+        let ca_a = TestCa::new("mesh CA");
+        let ca_b = TestCa::new("mesh CA");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let install = |ca: &TestCa| {
+            let leaf = ca.workload("backend");
+            write(d, "ca.pem", &ca.cert_pem());
+            write(d, "key.pem", &leaf.key_pem);
+            write(d, "cert.pem", &leaf.cert_pem);
+        };
+        install(&ca_a);
+        let config = Config::parse(&format!(
+            "tls: {{ ca: {0}/ca.pem, cert: {0}/cert.pem, key: {0}/key.pem }}\n\
+             inbound: [{{ name: api, listen: 127.0.0.1:0, forward: 127.0.0.1:9 }}]\n",
+            d.display()
+        ))
+        .unwrap();
+        let tls = TlsState::load(&config, TlsSource::from_config(&config), Metrics::new()).unwrap();
+        let counts = || {
+            let c = tls.chain_cache_counters();
+            (c.hits(), c.misses())
+        };
+        // A peer of CA A; it also trusts CA B so that it accepts the server after the reload
+        // and gets as far as presenting its certificate.
+        let peer = dialer(&[&ca_a, &ca_b], &ca_a.workload("frontend"));
+        for _ in 0..2 {
+            let out =
+                loopback_handshake(peer.clone(), "localhost", tls.current().inbound[0].clone());
+            assert!(out.server.is_ok() && out.client.is_ok(), "{out:?}");
+        }
+        assert_eq!(
+            counts(),
+            (1, 1),
+            "the second handshake was answered from the cache"
+        );
+        let before = tls.current();
+
+        install(&ca_b);
+        assert!(matches!(tls.poll(), Some(Ok(()))), "reloaded to CA B");
+        let out = loopback_handshake(peer.clone(), "localhost", tls.current().inbound[0].clone());
+        let err = out.server.expect_err("CA A is no longer pinned");
+        assert_eq!(RejectReason::from_io(&err), RejectReason::UnknownCa);
+        assert_eq!(
+            counts(),
+            (1, 2),
+            "a miss: the new configs started with an empty cache"
+        );
+        // The configs of CA A (still held by connections opened before the reload) keep theirs.
+        let out = loopback_handshake(peer, "localhost", before.inbound[0].clone());
+        assert!(out.server.is_ok(), "{out:?}");
+        assert_eq!(counts(), (2, 2));
+
+        // What the proxy's registry would show.
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(tls.chain_cache_collector()))
+            .unwrap();
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut text,
+        )
+        .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in [
+            "enclaveid_proxy_tls_verified_chain_cache_lookups_total{result=\"hit\"} 2",
+            "enclaveid_proxy_tls_verified_chain_cache_lookups_total{result=\"miss\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -143,6 +143,9 @@ const LISTEN_BACKLOG: u32 = 1024;
 pub async fn start(config: Config, source: TlsSource) -> Result<ProxyHandle, StartError> {
     let metrics = Metrics::new();
     let tls = Arc::new(TlsState::load(&config, source, metrics.clone())?);
+    metrics
+        .register(Box::new(tls.chain_cache_collector()))
+        .expect("the chain cache's metric name is registered once");
     let shared = Arc::new(Shared {
         shutdown: CancellationToken::new(),
         hard_stop: CancellationToken::new(),

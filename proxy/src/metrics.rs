@@ -185,6 +185,18 @@ impl Metrics {
             .get()
     }
 
+    /// Adds a collector owned elsewhere (e.g. the verified-chain cache counters of
+    /// [`crate::tls_state::TlsState`]) to this proxy's registry.
+    ///
+    /// # Errors
+    /// When one of its metric names is already registered.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     /// The Prometheus text exposition.
     #[must_use]
     pub fn encode(&self) -> String {

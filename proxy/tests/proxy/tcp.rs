@@ -260,3 +260,42 @@ async fn an_upstream_dns_name_is_resolved_through_the_cache() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_peer_seen_before_is_verified_from_the_chain_cache() {
+    let pki = Pki::new();
+    let app = EchoApp::start().await;
+    let inbound = proxy(
+        &inbound_yaml(
+            app.addr,
+            "tcp",
+            "    allow: [\"spiffe://cluster.local/ns/default/sa/frontend\"]\n",
+        ),
+        &pki.workload("backend"),
+    )
+    .await;
+    let outbound = proxy(
+        &outbound_yaml(inbound.inbound_addr(0), "tcp", BACKEND),
+        &pki.workload("frontend"),
+    )
+    .await;
+    for round in 0..3u8 {
+        let mut c = TcpStream::connect(outbound.outbound_addr(0)).await.unwrap();
+        c.write_all(&[round; 4]).await.unwrap();
+        let mut back = [0u8; 4];
+        within("echo", c.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, [round; 4]);
+    }
+    let lookups = |h, result| {
+        metric(
+            h,
+            "enclaveid_proxy_tls_verified_chain_cache_lookups_total",
+            &[("result", result)],
+        )
+    };
+    // Each side verified the other's chain in full once, then twice from the cache.
+    for (side, h) in [("inbound", &inbound), ("outbound", &outbound)] {
+        assert_eq!(lookups(h, "miss"), 1.0, "{side}: misses");
+        assert_eq!(lookups(h, "hit"), 2.0, "{side}: hits");
+    }
+}

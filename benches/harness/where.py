@@ -1,0 +1,187 @@
+"""Where the CPU goes during each load, and what that allows: the tables of the "Where the CPU
+goes" and "Feasibility" sections of benches/README.md, written into every results file so that
+refreshing the README is a copy.
+
+Every figure is the median over repetitions of a per-unit figure from `account` (µs of CPU per
+request, per new connection, or per MB), so that a noisy repetition moves the rate but hardly
+the cost per unit.
+"""
+
+from __future__ import annotations
+
+from .account import CORES
+from .report import LIMITS, OTHERS, Samples
+
+# Both ends of one full mTLS 1.3 handshake with TLS13_AES_128_GCM_SHA256 and X25519, in memory,
+# on one thread (criterion `handshake` bench, results/2026-11-28-1440-criterion-handshake.txt).
+CRYPTO_US = 239.0
+# (load key, unit, rate key, rate heading)
+LOADS = {
+    "small": ("request", "small_rps", "req/s"),
+    "big": ("MB", "big_mb_s", "MB/s"),
+    "hs": ("new connection", "hs_per_s", "conns/s"),
+}
+
+
+def _m(s: Samples, key: str) -> float | None:
+    return s.median(key)
+
+
+def pair_us(s: Samples, load: str) -> float | None:
+    u, k = _m(s, f"{load}_side_user_us"), _m(s, f"{load}_side_sys_us")
+    return None if u is None or k is None else u + k
+
+
+def client_us(s: Samples, load: str) -> float | None:
+    """C: what the load generator and the backend cost per unit (the same for any sidecar)."""
+    w, b = _m(s, f"{load}_wrk_us"), _m(s, f"{load}_backend_us")
+    return None if w is None or b is None else w + b
+
+
+def _f(v: float | None, fmt: str = "{:,.0f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def cpu_table(samples: list[Samples], load: str) -> str:
+    """µs of CPU per unit of `load` for each part, and the machine's time that went elsewhere."""
+    unit, rate_key, rate_head = LOADS[load]
+    fmt = "{:,.1f}" if load != "hs" else "{:,.0f}"
+    rows = [f"| path | {rate_head} | sidecars user µs/{unit} | sidecars sys µs | pair µs | "
+            "wrk µs | backend µs | all four µs | other work % | idle % | steal % |",
+            "|---|" + "---:|" * 10]
+    for s in samples:
+        if s.values.get(f"{load}_wrk_us") is None:
+            continue
+        pair, c = pair_us(s, load), client_us(s, load)
+        total = None if c is None else c + (pair or 0.0)
+        is_direct = s.peer == "direct"
+        rows.append(
+            f"| {s.peer} | {_f(_m(s, rate_key))} | "
+            f"{'–' if is_direct else _f(_m(s, f'{load}_side_user_us'), fmt)} | "
+            f"{'–' if is_direct else _f(_m(s, f'{load}_side_sys_us'), fmt)} | "
+            f"{'–' if is_direct else _f(pair, fmt)} | {_f(_m(s, f'{load}_wrk_us'), fmt)} | "
+            f"{_f(_m(s, f'{load}_backend_us'), fmt)} | {_f(total, fmt)} | "
+            f"{_f(_m(s, f'{load}_other_pct'))} | {_f(_m(s, f'{load}_idle_pct'))} | "
+            f"{_f(_m(s, f'{load}_steal_pct'))} |")
+    return "\n".join(rows)
+
+
+def handshake_split(samples: list[Samples]) -> str:
+    """The new-connection load as shares of the 2 cores: the handshake crypto (239 µs per
+    connection, both ends), the rest of the sidecars' user time, their system time (TCP
+    connect/accept/close, epoll, loopback delivery), wrk, the backend, and what this run did
+    not get (other work, idle, steal)."""
+    rows = [f"| path | conns/s | crypto {CRYPTO_US:.0f} µs × rate | sidecars' other user | "
+            "sidecars' sys | wrk | backend | other work | idle | steal | sum |",
+            "|---|" + "---:|" * 10]
+    for s in samples:
+        rate, user = _m(s, "hs_per_s"), _m(s, "hs_side_user_us")
+        if rate is None or user is None:
+            continue
+        tls = s.peer not in LIMITS and s.peer != "ours-http"
+        share = lambda us: 100 * us * rate / (CORES * 1e6)  # noqa: E731
+        crypto = share(CRYPTO_US) if tls else 0.0
+        parts = [crypto, share(user) - crypto, share(_m(s, "hs_side_sys_us") or 0),
+                 share(_m(s, "hs_wrk_us") or 0), share(_m(s, "hs_backend_us") or 0),
+                 _m(s, "hs_other_pct") or 0, _m(s, "hs_idle_pct") or 0,
+                 _m(s, "hs_steal_pct") or 0]
+        cells = [f"{p:.0f} %" for p in parts]
+        if not tls:
+            cells[0] = "–"
+        if s.peer == "direct":
+            cells[1] = cells[2] = "–"
+        rows.append(f"| {s.peer} | {rate:,.0f} | " + " | ".join(cells)
+                    + f" | {sum(parts):.0f} % |")
+    rows += ["", f"The crypto column is what {CRYPTO_US:.0f} µs per connection (both ends of a "
+             "full handshake, rustls + aws-lc in memory, criterion) would take at the measured "
+             "rate; for the peers it stands for the same work done by OpenSSL or Go's crypto "
+             "(OpenSSL's public-key operations alone: 273 µs, `bench.py limits`). "
+             "\"sidecars' other user\" is the rest of their user time (negative would mean a "
+             "peer's handshake is cheaper than rustls' in memory). Shares are medians of "
+             "each column, so the sum is near, not exactly, 100 %."]
+    return "\n".join(rows)
+
+
+def _best_peer(samples: list[Samples], rate_key: str) -> Samples | None:
+    cands = [s for s in samples if s.peer in OTHERS and _m(s, rate_key)]
+    return max(cands, key=lambda s: _m(s, rate_key)) if cands else None
+
+
+def feasibility(samples: list[Samples], load: str, goals: list[tuple[str, float]],
+                ours: str = "ours-tcp") -> str:
+    """On a CPU-saturated box the throughput of a path is the cores over its CPU per unit, so
+    against the best peer (pair cost S') a sidecar pair of cost S reaches at most
+    (C + S') / (C + S), where C is the load generator's and the backend's cost. For a target
+    ratio R, S must be at most (C + S') / R − C; compare that with the plain TCP relay pair
+    (the kernel's share of two extra hops, no TLS)."""
+    unit, rate_key, _ = LOADS[load]
+    by = {s.peer: s for s in samples}
+    mine, best, relay = by.get(ours), _best_peer(samples, rate_key), by.get("relay")
+    if mine is None or best is None or pair_us(mine, load) is None:
+        return f"_{ours} or a peer did not run: no bound for this load._"
+    c, s, s_best = client_us(mine, load), pair_us(mine, load), pair_us(best, load)
+    if c is None or s_best is None:
+        return "_no CPU figures for this load._"
+    fmt = "{:,.1f}"
+    rows = [f"| quantity (µs of CPU per {unit}) | value |", "|---|---:|",
+            f"| C: wrk + backend, in {ours}'s run | {fmt.format(c)} |",
+            f"| S: {ours}'s pair (user + sys) | {fmt.format(s)} |",
+            f"| S': {best.peer}'s pair (best peer by {rate_key}) | {fmt.format(s_best)} |"]
+    floor = None
+    if relay is not None and pair_us(relay, load) is not None:
+        floor = pair_us(relay, load)
+        rows.append(f"| plain TCP relay pair (nginx stream, no TLS): user + sys | "
+                    f"{fmt.format(floor)} (sys {fmt.format(_m(relay, f'{load}_side_sys_us'))}) |")
+    reach = (c + s_best) / (c + s)
+    measured = (_m(mine, rate_key) or 0) / (_m(best, rate_key) or 1)
+    rows.append(f"| ratio these costs allow, (C + S') / (C + S) | {reach:.2f}× "
+                f"(measured: {measured:.2f}×) |")
+    for label, ratio in goals:
+        need = (c + s_best) / ratio - c
+        verdict = ""
+        if floor is not None:
+            verdict = (f" — {'below' if need < floor else 'above'} the plain relay's "
+                       f"{fmt.format(floor)}")
+        rows.append(f"| S needed for {label}: (C + S') / {ratio:.2f} − C | "
+                    f"{'impossible (< 0)' if need <= 0 else fmt.format(need)}{verdict} |")
+    return "\n".join(rows)
+
+
+def sections(samples: list[Samples]) -> list[str]:
+    """The README's "Where the CPU goes" tables for one run, as Markdown lines."""
+    out = ["### New connections: CPU per connection", "", cpu_table(samples, "hs"), "",
+           "### New connections: the 2 cores during the load", "", handshake_split(samples), "",
+           "### Small keep-alive requests: CPU per request", "", cpu_table(samples, "small"), "",
+           "### 1 MiB responses: CPU per MB", "", cpu_table(samples, "big"), "",
+           "### Feasibility on a CPU-saturated 2-core box (`ours-tcp` against the best peer)", "",
+           "Small keep-alive requests (p99 0.6× taken as 1/0.6 = 1.67× the throughput: with 64 "
+           "connections in a closed loop the mean latency is 64 / rate, Little's law, and the "
+           "p99 follows it while the latency distribution keeps its shape):", "",
+           feasibility(samples, "small", [("1.5× throughput", 1.5), ("p99 0.6×", 1 / 0.6)]),
+           "", "New connections:", "",
+           feasibility(samples, "hs", [("2× handshakes/s", 2.0)]), "",
+           "1 MiB responses:", "", feasibility(samples, "big", [("1.5× MB/s", 1.5)])]
+    return out
+
+
+def selftest() -> None:
+    """The tables from synthetic samples: the bound's arithmetic and the cells."""
+    def mk(name: str, rate: float, su: float, ss: float, w: float, b: float) -> Samples:
+        s = Samples(name)
+        for load, key in (("small", "small_rps"), ("hs", "hs_per_s"), ("big", "big_mb_s")):
+            s.add(key, rate)
+            for k, v in (("side_user_us", su), ("side_sys_us", ss), ("wrk_us", w),
+                         ("backend_us", b), ("other_pct", 10), ("idle_pct", 5),
+                         ("steal_pct", 1)):
+                s.add(f"{load}_{k}", v)
+        return s
+    ss = [mk("direct", 40000, 0, 0, 10, 10), mk("ours-tcp", 20000, 20, 30, 10, 10),
+          mk("nginx", 18000, 25, 35, 10, 10), mk("relay", 30000, 5, 25, 10, 10)]
+    text = feasibility(ss, "small", [("1.5× throughput", 1.5)])
+    # C = 20, S = 50, S' = 60: reach 80/70 = 1.14; need 80/1.5 - 20 = 33.3 (above relay's 30)
+    assert "| 1.14× (measured: 1.11×) |" in text, text
+    assert "| 33.3 — above the plain relay's 30.0 |" in text, text
+    split = handshake_split(ss)
+    assert "| ours-tcp | 20,000 |" in split and "| relay | 30,000 | – |" in split, split
+    assert "| direct | 40,000 | – | – | – | 10.0 | 10.0 | 20.0 |" in cpu_table(ss, "small")
+    assert sections(ss)

@@ -8,6 +8,7 @@ backend, on loopback, for enclaveid-proxy (tcp and http modes), nginx, HAProxy a
     python3 benches/bench.py profile          # strace -c, callgrind, perf for ours vs nginx
     python3 benches/bench.py profile --parts strace --peers ours-tcp,nginx,haproxy,ghostunnel
     python3 benches/bench.py selftest         # unit-free checks of the parsing and the tables
+    python3 benches/bench.py tables --json benches/results/X.json   # the README's tables again
 
 Tools: benches/install.sh. Results: benches/results/<UTC date>.md (and .json with raw samples).
 """
@@ -142,11 +143,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def tables(path: Path | None) -> int:
+    """Prints the README's tables (medians, targets, where the CPU goes) from a results .json."""
+    if path is None or not path.is_file():
+        print("tables: give --json benches/results/<run>.json", file=sys.stderr)
+        return 2
+    import json  # noqa: PLC0415
+    samples = []
+    for name, d in json.loads(path.read_text())["samples"].items():
+        s = report.Samples(name)
+        s.values, s.notes = d["values"], d["notes"]
+        samples.append(s)
+    print("\n".join(["## Medians (ratio to the best sidecar for that column)", "",
+                     report.side_by_side(samples), "", "## Targets of issue 6", "",
+                     report.targets(samples), "", "## Where the CPU goes", "",
+                     *where.sections(samples)]))
+    return 0
+
+
 def selftest() -> int:
     """Checks the parsing of /proc and of wrk's output, and the tables' arithmetic, without
     starting anything."""
-    from harness import account, load  # noqa: PLC0415
+    from harness import account, load, profile  # noqa: PLC0415
     account.selftest()
+    profile.selftest()
     where.selftest()
     load.selftest()
     s = report.Samples("ours-tcp")
@@ -162,7 +182,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", nargs="?", default="compare",
-                    choices=["compare", "limits", "profile", "selftest"])
+                    choices=["compare", "limits", "profile", "selftest", "tables"])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -180,6 +200,7 @@ def main() -> int:
     ap.add_argument("--dhat-conns", type=int, default=200, help="profile: idle conns under dhat")
     ap.add_argument("--port-base", type=int, default=21000)
     ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    ap.add_argument("--json", type=Path, help="tables: a results .json of an earlier run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     args = ap.parse_args()
     if args.peers is None:
@@ -187,6 +208,8 @@ def main() -> int:
                       else "ours-tcp,ours-http,nginx,haproxy,ghostunnel,relay")
     if args.command == "selftest":
         return selftest()
+    if args.command == "tables":
+        return tables(args.json)
     if args.command == "compare":
         return cmd_compare(args)
     from harness import limits, profile  # noqa: PLC0415

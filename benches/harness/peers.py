@@ -156,8 +156,9 @@ stream {{
 
 class Relay(Peer):
     """The kernel's share of two extra hops: an nginx stream pair relaying plain TCP (no TLS),
-    one worker each, like one data-path thread per sidecar of ours. Not a sidecar (it does no
-    mTLS): a limit, for the cost any relay pair pays in the kernel."""
+    one worker each, like one data-path thread per sidecar of ours, reading up to 64 KiB per
+    call like ours. Not a sidecar (it does no mTLS): a limit, for the cost any relay pair pays
+    in the kernel."""
 
     name = "relay"
     limit = True
@@ -167,6 +168,7 @@ class Relay(Peer):
 stream {{
   server {{
     listen 127.0.0.1:{side.listen} backlog=4096;
+    proxy_buffer_size 64k;
     proxy_pass 127.0.0.1:{side.target};
   }}
 }}

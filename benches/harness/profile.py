@@ -53,16 +53,40 @@ def strace_counts(peer: peers.Peer, work: Path, pki: certs.Pki, ports: procs.Por
     finally:
         procs.stop(pout)
         procs.stop(pin)
+    total, top = parse_strace_c(out.read_text(), max(r.requests, 1))
+    return total, top[:6]
+
+
+def parse_strace_c(text: str, per: int) -> tuple[float, list[tuple[str, float]]]:
+    """`strace -c` summary → (calls per unit, [(syscall, calls per unit)] by count). A syscall
+    that failed some calls (EAGAIN on a non-blocking socket, mostly) is named `name(N err)` with
+    its failed calls per unit: those reads found nothing to read."""
     total, top = 0, []
-    for line in out.read_text().splitlines():
+    for line in text.splitlines():
         cols = line.split()
         if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
             calls = int(cols[3])
-            top.append((cols[-1], calls / r.requests))
+            name = cols[-1]
+            if len(cols) == 6 and int(cols[4]):
+                name += f"({int(cols[4]) / per:.1f} err)"
+            top.append((name, calls / per))
         if cols and cols[-1] == "total":
             total = int(cols[3])
     top.sort(key=lambda t: -t[1])
-    return total / max(r.requests, 1), top[:6]
+    return total / per, top
+
+
+def selftest() -> None:
+    text = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 60.00    0.060000           6     10000      2000 recvfrom
+ 40.00    0.040000           4      8000           writev
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.100000           5     18000      2000 total
+"""
+    total, top = parse_strace_c(text, 1000)
+    assert total == 18.0 and top == [("recvfrom(2.0 err)", 10.0), ("writev", 8.0)], top
+    assert _cell(*top[0]) == "recvfrom 10.0 (2.0 failed)" and _cell(*top[1]) == "writev 8.0"
 
 
 def _callgrind_total(files: list[Path]) -> int:
@@ -171,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
     backend_port = ports.take()
     backend = start_backend(work, backend_port)
     chosen = [p for p in [ours.Ours("tcp", ports), peers.Nginx(), peers.Haproxy(),
-                          peers.Ghostunnel()]
+                          peers.Ghostunnel(), peers.Relay()]
               if p.name in args.peers.split(",") and p.available() is None]
     parts = set(args.parts.split(","))
     lines = [f"# Profile, {started:%Y-%m-%d %H:%M} UTC", "",
@@ -220,12 +244,18 @@ def _strace_section(chosen: list[peers.Peer], work: Path, pki: certs.Pki,
     for p in chosen:
         ka, ka_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False)
         nc, nc_top = strace_counts(p, work, pki, ports, backend_port, 5, close=True)
-        fmt = lambda top: ", ".join(f"{n} {c:.1f}" for n, c in top)  # noqa: E731
+        fmt = lambda top: ", ".join(_cell(n, c) for n, c in top)  # noqa: E731
         big, big_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False,
                                      path="/big")
         lines.append(f"| {p.name} | {ka:.1f} | {fmt(ka_top)} | {nc:.1f} | {fmt(nc_top)} | "
                      f"{big:.0f} | {fmt(big_top[:4])} |")
         print(lines[-1], flush=True)
+
+
+def _cell(name: str, calls: float) -> str:
+    """`recvfrom(2.0 err)`, 10.0 → `recvfrom 10.0 (2.0 failed)`."""
+    base, _, err = name.partition("(")
+    return f"{base} {calls:.1f}" + (f" ({err.removesuffix(' err)')} failed)" if err else "")
 
 
 def _callgrind_section(chosen: list[peers.Peer], work: Path, pki: certs.Pki,

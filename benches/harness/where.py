@@ -43,12 +43,16 @@ def _f(v: float | None, fmt: str = "{:,.0f}") -> str:
 
 
 def cpu_table(samples: list[Samples], load: str) -> str:
-    """µs of CPU per unit of `load` for each part, and the machine's time that went elsewhere."""
+    """µs of CPU per unit of `load` for each part, and the machine's time that went elsewhere.
+    "pair's cores" is how much of the machine the two sidecars got (pair µs × rate): on a
+    machine shared with other work, the scheduler's share decides the rate as much as the
+    cost does."""
     unit, rate_key, rate_head = LOADS[load]
     fmt = "{:,.1f}" if load != "hs" else "{:,.0f}"
     rows = [f"| path | {rate_head} | sidecars user µs/{unit} | sidecars sys µs | pair µs | "
-            "wrk µs | backend µs | all four µs | other work % | idle % | steal % |",
-            "|---|" + "---:|" * 10]
+            "pair's cores | wrk µs | backend µs | all four µs | other work % | idle % | "
+            "steal % |",
+            "|---|" + "---:|" * 11]
     for s in samples:
         if s.values.get(f"{load}_wrk_us") is None:
             continue
@@ -59,7 +63,9 @@ def cpu_table(samples: list[Samples], load: str) -> str:
             f"| {s.peer} | {_f(_m(s, rate_key))} | "
             f"{'–' if is_direct else _f(_m(s, f'{load}_side_user_us'), fmt)} | "
             f"{'–' if is_direct else _f(_m(s, f'{load}_side_sys_us'), fmt)} | "
-            f"{'–' if is_direct else _f(pair, fmt)} | {_f(_m(s, f'{load}_wrk_us'), fmt)} | "
+            f"{'–' if is_direct else _f(pair, fmt)} | "
+            f"{'–' if is_direct or pair is None else _f(pair * (_m(s, rate_key) or 0) / 1e6, '{:.2f}')} | "
+            f"{_f(_m(s, f'{load}_wrk_us'), fmt)} | "
             f"{_f(_m(s, f'{load}_backend_us'), fmt)} | {_f(total, fmt)} | "
             f"{_f(_m(s, f'{load}_other_pct'))} | {_f(_m(s, f'{load}_idle_pct'))} | "
             f"{_f(_m(s, f'{load}_steal_pct'))} |")
@@ -99,6 +105,26 @@ def handshake_split(samples: list[Samples]) -> str:
              "\"sidecars' other user\" is the rest of their user time (negative would mean a "
              "peer's handshake is cheaper than rustls' in memory). Shares are medians of "
              "each column, so the sum is near, not exactly, 100 %."]
+    return "\n".join(rows)
+
+
+def ceilings(samples: list[Samples]) -> str:
+    """What the 2 cores would allow at each path's measured cost per new connection: with the
+    whole machine for the run (wrk and backend included), with only the sidecar pair to pay
+    for, and for the handshake crypto alone."""
+    rows = ["| path | measured conns/s | 2 cores ÷ all four (whole machine, no other work) | "
+            "2 cores ÷ pair (wrk and backend free) | measured ÷ whole-machine figure |",
+            "|---|---:|---:|---:|---:|"]
+    for s in samples:
+        rate, pair, c = _m(s, "hs_per_s"), pair_us(s, "hs"), client_us(s, "hs")
+        if rate is None or c is None:
+            continue
+        whole = CORES * 1e6 / (c + (pair or 0))
+        alone = "–" if not pair else f"{CORES * 1e6 / pair:,.0f}"
+        rows.append(f"| {s.peer} | {rate:,.0f} | {whole:,.0f} | {alone} | "
+                    f"{rate / whole:.0%} |")
+    rows += ["", f"The crypto alone ({CRYPTO_US:.0f} µs per handshake, both ends) allows "
+             f"{CORES * 1e6 / CRYPTO_US:,.0f} handshakes/s on {CORES} cores."]
     return "\n".join(rows)
 
 
@@ -151,6 +177,8 @@ def sections(samples: list[Samples]) -> list[str]:
     """The README's "Where the CPU goes" tables for one run, as Markdown lines."""
     out = ["### New connections: CPU per connection", "", cpu_table(samples, "hs"), "",
            "### New connections: the 2 cores during the load", "", handshake_split(samples), "",
+           "### New connections: what the 2 cores allow at these costs", "", ceilings(samples),
+           "",
            "### Small keep-alive requests: CPU per request", "", cpu_table(samples, "small"), "",
            "### 1 MiB responses: CPU per MB", "", cpu_table(samples, "big"), "",
            "### Feasibility on a CPU-saturated 2-core box (`ours-tcp` against the best peer)", "",
@@ -183,5 +211,8 @@ def selftest() -> None:
     assert "| 33.3 — above the plain relay's 30.0 |" in text, text
     split = handshake_split(ss)
     assert "| ours-tcp | 20,000 |" in split and "| relay | 30,000 | – |" in split, split
-    assert "| direct | 40,000 | – | – | – | 10.0 | 10.0 | 20.0 |" in cpu_table(ss, "small")
+    table = cpu_table(ss, "small")
+    assert "| direct | 40,000 | – | – | – | – | 10.0 | 10.0 | 20.0 |" in table, table
+    assert "| ours-tcp | 20,000 | 20.0 | 30.0 | 50.0 | 1.00 | 10.0 |" in table, table
+    assert "| ours-tcp | 20,000 | 28,571 | 40,000 | 70% |" in ceilings(ss), ceilings(ss)
     assert sections(ss)

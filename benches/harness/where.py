@@ -128,18 +128,20 @@ def ceilings(samples: list[Samples]) -> str:
     return "\n".join(rows)
 
 
-def _best_peer(samples: list[Samples], rate_key: str) -> Samples | None:
-    cands = [s for s in samples if s.peer in OTHERS and _m(s, rate_key)]
-    return max(cands, key=lambda s: _m(s, rate_key)) if cands else None
+def _best_peer(samples: list[Samples], key: str, higher: bool = True) -> Samples | None:
+    cands = [s for s in samples if s.peer in OTHERS and _m(s, key)]
+    pick = max if higher else min
+    return pick(cands, key=lambda s: _m(s, key)) if cands else None
 
 
-def feasibility(samples: list[Samples], load: str, goals: list[tuple[str, float]],
-                ours: str = "ours-tcp") -> str:
+def feasibility(samples: list[Samples], load: str,
+                goals: list[tuple[str, float, str, bool]], ours: str = "ours-tcp") -> str:
     """On a CPU-saturated box the throughput of a path is the cores over its CPU per unit, so
-    against the best peer (pair cost S') a sidecar pair of cost S reaches at most
+    against a peer whose pair costs S' a sidecar pair of cost S reaches at most
     (C + S') / (C + S), where C is the load generator's and the backend's cost. For a target
     ratio R, S must be at most (C + S') / R − C; compare that with the plain TCP relay pair
-    (the kernel's share of two extra hops, no TLS)."""
+    (the kernel's share of two extra hops, no TLS). Each goal names the metric that picks its
+    reference peer (the best peer by throughput, or by p99)."""
     unit, rate_key, _ = LOADS[load]
     by = {s.peer: s for s in samples}
     mine, best, relay = by.get(ours), _best_peer(samples, rate_key), by.get("relay")
@@ -158,17 +160,22 @@ def feasibility(samples: list[Samples], load: str, goals: list[tuple[str, float]
         floor = pair_us(relay, load)
         rows.append(f"| plain TCP relay pair (nginx stream, no TLS): user + sys | "
                     f"{fmt.format(floor)} (sys {fmt.format(_m(relay, f'{load}_side_sys_us'))}) |")
-    reach = (c + s_best) / (c + s)
     measured = (_m(mine, rate_key) or 0) / (_m(best, rate_key) or 1)
-    rows.append(f"| ratio these costs allow, (C + S') / (C + S) | {reach:.2f}× "
+    rows.append(f"| ratio these costs allow, (C + S') / (C + S) | {(c + s_best) / (c + s):.2f}× "
                 f"(measured: {measured:.2f}×) |")
-    for label, ratio in goals:
-        need = (c + s_best) / ratio - c
+    if floor is not None:
+        rows.append(f"| ratio a pair costing only the plain relay would allow, "
+                    f"(C + S') / (C + relay) | {(c + s_best) / (c + floor):.2f}× |")
+    for label, ratio, key, higher in goals:
+        ref = _best_peer(samples, key, higher) or best
+        s_ref = pair_us(ref, load) or s_best
+        need = (c + s_ref) / ratio - c
         verdict = ""
         if floor is not None:
             verdict = (f" — {'below' if need < floor else 'above'} the plain relay's "
                        f"{fmt.format(floor)}")
-        rows.append(f"| S needed for {label}: (C + S') / {ratio:.2f} − C | "
+        rows.append(f"| S needed for {label} against {ref.peer} (S' {fmt.format(s_ref)}): "
+                    f"(C + S') / {ratio:.2f} − C | "
                     f"{'impossible (< 0)' if need <= 0 else fmt.format(need)}{verdict} |")
     return "\n".join(rows)
 
@@ -185,10 +192,12 @@ def sections(samples: list[Samples]) -> list[str]:
            "Small keep-alive requests (p99 0.6× taken as 1/0.6 = 1.67× the throughput: with 64 "
            "connections in a closed loop the mean latency is 64 / rate, Little's law, and the "
            "p99 follows it while the latency distribution keeps its shape):", "",
-           feasibility(samples, "small", [("1.5× throughput", 1.5), ("p99 0.6×", 1 / 0.6)]),
+           feasibility(samples, "small", [("1.5× throughput", 1.5, "small_rps", True),
+                                          ("p99 0.6×", 1 / 0.6, "small_p99_ms", False)]),
            "", "New connections:", "",
-           feasibility(samples, "hs", [("2× handshakes/s", 2.0)]), "",
-           "1 MiB responses:", "", feasibility(samples, "big", [("1.5× MB/s", 1.5)])]
+           feasibility(samples, "hs", [("2× handshakes/s", 2.0, "hs_per_s", True)]), "",
+           "1 MiB responses:", "",
+           feasibility(samples, "big", [("1.5× MB/s", 1.5, "big_mb_s", True)])]
     return out
 
 
@@ -205,10 +214,11 @@ def selftest() -> None:
         return s
     ss = [mk("direct", 40000, 0, 0, 10, 10), mk("ours-tcp", 20000, 20, 30, 10, 10),
           mk("nginx", 18000, 25, 35, 10, 10), mk("relay", 30000, 5, 25, 10, 10)]
-    text = feasibility(ss, "small", [("1.5× throughput", 1.5)])
+    text = feasibility(ss, "small", [("1.5× throughput", 1.5, "small_rps", True)])
     # C = 20, S = 50, S' = 60: reach 80/70 = 1.14; need 80/1.5 - 20 = 33.3 (above relay's 30)
     assert "| 1.14× (measured: 1.11×) |" in text, text
-    assert "| 33.3 — above the plain relay's 30.0 |" in text, text
+    assert "(S' 60.0): (C + S') / 1.50 − C | 33.3 — above the plain relay's 30.0 |" in text, text
+    assert "(C + S') / (C + relay) | 1.60× |" in text, text
     split = handshake_split(ss)
     assert "| ours-tcp | 20,000 |" in split and "| relay | 30,000 | – |" in split, split
     table = cpu_table(ss, "small")

@@ -192,7 +192,8 @@ def main() -> int:
     ap.add_argument("--hs-conns", type=int, default=64)
     ap.add_argument("--idle", default="1000", help="idle-connection counts, comma separated")
     ap.add_argument("--peers", default=None,
-                    help="default: every peer (compare), ours-tcp,nginx,haproxy (profile)")
+                    help="default: ours-tcp,ours-http,nginx,haproxy,ghostunnel,relay (compare), "
+                         "ours-tcp,nginx,haproxy (profile; ghostunnel and relay on request)")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra ours peer: NAME:tcp|http:[BINARY]:[KEY=V,...] (experiments)")
     ap.add_argument("--parts", default="strace,callgrind,dhat,perf",

@@ -193,7 +193,7 @@ def sections(samples: list[Samples]) -> list[str]:
            "",
            "### Small keep-alive requests: CPU per request", "", cpu_table(samples, "small"), "",
            "### 1 MiB responses: CPU per MB", "", cpu_table(samples, "big"), "",
-           "### Feasibility on a CPU-saturated 2-core box (`ours-tcp` against the best peer)", "",
+           "### Feasibility on a CPU-saturated 2-core box (`ours-tcp` against the cheapest peer)", "",
            "Small keep-alive requests (p99 0.6× taken as 1/0.6 = 1.67× the throughput: with 64 "
            "connections in a closed loop the mean latency is 64 / rate, Little's law, and the "
            "p99 follows it while the latency distribution keeps its shape):", "",

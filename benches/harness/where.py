@@ -185,6 +185,25 @@ def feasibility(samples: list[Samples], load: str, goals: list[tuple[str, float]
     return "\n".join(rows)
 
 
+def cpu_spread(samples: list[Samples]) -> str:
+    """Every repetition's pair cost and C, per load: the noise of the per-unit figures (much
+    smaller than that of the rates)."""
+    heads = [f"{load} {what}" for load in LOADS for what in ("pair µs", "C µs")]
+    rows = ["| path | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for s in samples:
+        cells = []
+        for load in LOADS:
+            for a, b in ((f"{load}_side_user_us", f"{load}_side_sys_us"),
+                         (f"{load}_wrk_us", f"{load}_backend_us")):
+                xs, ys = s.values.get(a, []), s.values.get(b, [])
+                pair = a.endswith("side_user_us")
+                cells.append("–" if pair and s.peer == "direct" else
+                             " / ".join(f"{x + y:,.0f}" for x, y in zip(xs, ys)) or "–")
+        if any(c != "–" for c in cells):
+            rows.append(f"| {s.peer} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def sections(samples: list[Samples]) -> list[str]:
     """The README's "Where the CPU goes" tables for one run, as Markdown lines."""
     out = ["### New connections: CPU per connection", "", cpu_table(samples, "hs"), "",
@@ -200,7 +219,9 @@ def sections(samples: list[Samples]) -> list[str]:
            feasibility(samples, "small", [("1.5× throughput", 1.5), ("p99 0.6×", 1 / 0.6)]),
            "", "New connections:", "",
            feasibility(samples, "hs", [("2× handshakes/s", 2.0)]), "",
-           "1 MiB responses:", "", feasibility(samples, "big", [("1.5× MB/s", 1.5)])]
+           "1 MiB responses:", "", feasibility(samples, "big", [("1.5× MB/s", 1.5)]), "",
+           "### CPU per unit, every repetition (pair = both sidecars, C = wrk + backend)", "",
+           cpu_spread(samples)]
     return out
 
 
@@ -229,4 +250,5 @@ def selftest() -> None:
     assert "| direct | 40,000 | – | – | – | – | 10.0 | 10.0 | 20.0 |" in table, table
     assert "| ours-tcp | 20,000 | 20.0 | 30.0 | 50.0 | 1.00 | 10.0 |" in table, table
     assert "| ours-tcp | 20,000 | 28,571 | 40,000 | 70% |" in ceilings(ss), ceilings(ss)
+    assert "| ours-tcp | 50 | 20 | 50 | 20 | 50 | 20 |" in cpu_spread(ss), cpu_spread(ss)
     assert sections(ss)

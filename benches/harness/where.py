@@ -208,13 +208,13 @@ def p99_bound(samples: list[Samples], conns: int = 64, ours: str = "ours-tcp") -
             f"{mean(mine) / mean(ref):.2f}× |",
             f"| tail: p99 / mean | {tail(mine):.1f} | {tail(ref):.1f} | "
             f"{tail(mine) / tail(ref):.2f}× |"]
-    floors = [("today's pair", s)]
+    floors = [("today's pair", "S", s)]
     if relay is not None and pair_us(relay, "small") is not None:
-        floors.append(("a pair costing only the plain relay", pair_us(relay, "small")))
-    for label, cost in floors:
+        floors.append(("a pair costing only the plain relay", "relay", pair_us(relay, "small")))
+    for label, sym, cost in floors:
         m = (c + cost) / (c + s_ref)
-        rows.append(f"| lowest mean-latency ratio the CPU allows, {label}: (C + S) / (C + S') "
-                    f"| | | {m:.2f}× |")
+        rows.append(f"| lowest mean-latency ratio the CPU allows, {label}: (C + {sym}) / "
+                    f"(C + S') | | | {m:.2f}× |")
         rows.append(f"| tail ratio then needed for p99 0.6×: 0.6 / {m:.2f} | | | "
                     f"{0.6 / m:.2f}× |")
     return "\n".join(rows)

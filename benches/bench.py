@@ -6,6 +6,9 @@ backend, on loopback, for enclaveid-proxy (tcp and http modes), nginx, HAProxy a
     python3 benches/bench.py --reps 5 --seconds 20 --idle 1000,9000
     python3 benches/bench.py limits           # openssl speed + the direct path
     python3 benches/bench.py profile          # strace -c, callgrind, perf for ours vs nginx
+    python3 benches/bench.py profile --parts strace --peers ours-tcp,nginx,haproxy,ghostunnel
+    python3 benches/bench.py selftest         # unit-free checks of the parsing and the tables
+    python3 benches/bench.py tables --json benches/results/X.json   # the README's tables again
 
 Tools: benches/install.sh. Results: benches/results/<UTC date>.md (and .json with raw samples).
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import certs, compare, ours, peers, procs, report  # noqa: E402
+from harness import certs, compare, ours, peers, procs, report, where  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,7 +106,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
           "handshake per request between the sidecars in `tcp` mode). TLS 1.3, X25519, "
           "P-256 ECDSA leaves from one throwaway CA, no resumption (checked). Peak RSS = sum "
           "of VmHWM over both sidecars' processes; CPU = user+sys of both sidecars during "
-          "the small-request load, divided by its requests.", "",
+          "the small-request load, divided by its requests. `relay` is a plain TCP relay pair "
+          "(nginx stream, no TLS, one worker each): like `direct`, a limit, not a sidecar. "
+          "CPU accounting of every load: user and system time of every process of both "
+          "sidecars and of the backend (/proc/PID/stat), wrk's (rusage), and the machine's "
+          "busy/idle/steal (/proc/stat), over the load's window.", "",
           *([f"enclaveid-proxy ran with `{env}`.", ""] if (env := " ".join(
               f"{k}={v}" for k, v in ours.extra_env().items())) else []),
           f"Load average (1/5/15 min) at the start: {' '.join(load_start)}; at the end: "
@@ -112,6 +119,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
           report.side_by_side(samples), "",
           "## Targets of issue 6 (`ours-tcp` against the best of nginx, HAProxy, ghostunnel)", "",
           report.targets(samples), "",
+          "## Where the CPU goes (medians of the per-unit figures)", "",
+          *where.sections(samples), "",
           "## Idle connections (RSS growth of both sidecars per open idle proxied connection)", "",
           compare.idle_table(samples, plan.idle_counts), "",
           "## Every sample (one per repetition)", "", report.spread(samples), "",
@@ -134,11 +143,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def tables(path: Path | None) -> int:
+    """Prints the README's tables (medians, targets, where the CPU goes) from a results .json."""
+    if path is None or not path.is_file():
+        print("tables: give --json benches/results/<run>.json", file=sys.stderr)
+        return 2
+    import json  # noqa: PLC0415
+    samples = []
+    for name, d in json.loads(path.read_text())["samples"].items():
+        s = report.Samples(name)
+        s.values, s.notes = d["values"], d["notes"]
+        samples.append(s)
+    print("\n".join(["## Medians (ratio to the best sidecar for that column)", "",
+                     report.side_by_side(samples), "", "## Targets of issue 6", "",
+                     report.targets(samples), "", "## Where the CPU goes", "",
+                     *where.sections(samples)]))
+    return 0
+
+
+def selftest() -> int:
+    """Checks the parsing of /proc and of wrk's output, and the tables' arithmetic, without
+    starting anything."""
+    from harness import account, load, profile  # noqa: PLC0415
+    account.selftest()
+    profile.selftest()
+    where.selftest()
+    load.selftest()
+    s = report.Samples("ours-tcp")
+    s.add("small_rps", 3.0)
+    s.add("small_rps", 1.0)
+    s.add("small_rps", 2.0)
+    assert s.median("small_rps") == 2.0
+    print("selftest: ok")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", nargs="?", default="compare",
-                    choices=["compare", "limits", "profile"])
+                    choices=["compare", "limits", "profile", "selftest", "tables"])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
@@ -148,17 +192,25 @@ def main() -> int:
     ap.add_argument("--hs-conns", type=int, default=64)
     ap.add_argument("--idle", default="1000", help="idle-connection counts, comma separated")
     ap.add_argument("--peers", default=None,
-                    help="default: every peer (compare), ours-tcp,nginx,haproxy (profile)")
+                    help="default: ours-tcp,ours-http,nginx,haproxy,ghostunnel,relay (compare), "
+                         "ours-tcp,nginx,haproxy (profile; ghostunnel and relay on request)")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra ours peer: NAME:tcp|http:[BINARY]:[KEY=V,...] (experiments)")
+    ap.add_argument("--parts", default="strace,callgrind,dhat,perf",
+                    help="profile: which parts, comma separated")
     ap.add_argument("--dhat-conns", type=int, default=200, help="profile: idle conns under dhat")
     ap.add_argument("--port-base", type=int, default=21000)
     ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    ap.add_argument("--json", type=Path, help="tables: a results .json of an earlier run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     args = ap.parse_args()
     if args.peers is None:
         args.peers = ("ours-tcp,nginx,haproxy" if args.command == "profile"
-                      else "ours-tcp,ours-http,nginx,haproxy,ghostunnel")
+                      else "ours-tcp,ours-http,nginx,haproxy,ghostunnel,relay")
+    if args.command == "selftest":
+        return selftest()
+    if args.command == "tables":
+        return tables(args.json)
     if args.command == "compare":
         return cmd_compare(args)
     from harness import limits, profile  # noqa: PLC0415

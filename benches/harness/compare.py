@@ -8,8 +8,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from . import checks, load, procs, report
+from . import account, checks, load, procs, report
 from .certs import Pki
 from .peers import Peer, Side, start_backend
 
@@ -32,22 +33,41 @@ def _loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
 
+def _load(samples: report.Samples, name: str, pids: list[int], backend_pid: int | None,
+          run: Callable[[], load.WrkResult], unit: Callable[[load.WrkResult], float]
+          ) -> load.WrkResult:
+    """One timed wrk run with its CPU accounting (`<name>_<part>` samples, per `unit`)."""
+    before = account.snap(pids, backend_pid)
+    r = run()
+    after = account.snap(pids, backend_pid)
+    for k, v in account.per_unit(before, after, r.user_s + r.sys_s, unit(r)).items():
+        samples.add(f"{name}_{k}", v)
+    return r
+
+
 def _measure(samples: report.Samples, port: int, plan: Plan, pids: list[int],
-             log: list[str]) -> None:
+             log: list[str], backend_pid: int | None = None) -> None:
     load.wrk(port, "/small", plan.small_conns, plan.warmup, plan.threads)
-    cpu0 = sum(procs.cpu_seconds(p) for p in pids)
-    r = load.wrk(port, "/small", plan.small_conns, plan.seconds, plan.threads)
-    cpu1 = sum(procs.cpu_seconds(p) for p in pids)
+    per_req = lambda res: res.requests  # noqa: E731
+    r = _load(samples, "small", pids, backend_pid,
+              lambda: load.wrk(port, "/small", plan.small_conns, plan.seconds, plan.threads),
+              per_req)
     samples.add("small_rps", r.rps)
     samples.add("small_p50_ms", r.p50_ms)
     samples.add("small_p99_ms", r.p99_ms)
     if pids:
-        samples.add("cpu_us_per_req", (cpu1 - cpu0) / max(r.requests, 1) * 1e6)
+        small = samples.values
+        samples.add("cpu_us_per_req", small["small_side_user_us"][-1]
+                    + small["small_side_sys_us"][-1])
     log.append(f"{samples.peer} small: {r}")
-    b = load.wrk(port, "/big", plan.big_conns, plan.seconds, plan.threads)
+    b = _load(samples, "big", pids, backend_pid,
+              lambda: load.wrk(port, "/big", plan.big_conns, plan.seconds, plan.threads),
+              lambda res: res.bytes / 1e6)
     samples.add("big_mb_s", b.mb_s)
     log.append(f"{samples.peer} big: {b}")
-    h = load.wrk(port, "/small", plan.hs_conns, plan.seconds, plan.threads, close=True)
+    h = _load(samples, "hs", pids, backend_pid,
+              lambda: load.wrk(port, "/small", plan.hs_conns, plan.seconds, plan.threads,
+                               close=True), per_req)
     samples.add("hs_per_s", h.rps)
     log.append(f"{samples.peer} handshake: {h}")
     for name, res in (("small", r), ("1 MiB", b), ("new-connection", h)):
@@ -99,16 +119,18 @@ def run(peers: list[Peer], work: Path, pki: Pki, ports: procs.PortAllocator, pla
         print(f"checks {peer.name}: passed {len(res.passed)}, failed {res.failed}", flush=True)
 
     samples = {"direct": report.Samples("direct")}
-    samples.update({p.name: report.Samples(p.name) for p in usable})
+    samples.update({p.name: report.Samples(p.name) for p in usable if p.limit})
+    samples.update({p.name: report.Samples(p.name) for p in usable if not p.limit})
     for rep in range(plan.reps):
         order = usable[rep % max(len(usable), 1):] + usable[:rep % max(len(usable), 1)]
         print(f"rep {rep + 1}/{plan.reps} load {_loadavg()}", flush=True)
-        _measure(samples["direct"], backend, plan, [], log)
+        _measure(samples["direct"], backend, plan, [], log, backend_proc.pid)
         for peer in order:
             pin, pout, _, o = _start_pair(peer, work, pki, ports, backend, f"{peer.name}-r{rep}")
             try:
                 t0 = time.monotonic()
-                _measure(samples[peer.name], o, plan, [pin.pid, pout.pid], log)
+                _measure(samples[peer.name], o, plan, [pin.pid, pout.pid], log,
+                         backend_proc.pid)
                 hwm = procs.tree_kib(pin.pid, "VmHWM") + procs.tree_kib(pout.pid, "VmHWM")
                 samples[peer.name].add("rss_mib", hwm / 1024)
                 print(f"  {peer.name}: {time.monotonic() - t0:.0f}s "
@@ -118,7 +140,7 @@ def run(peers: list[Peer], work: Path, pki: Pki, ports: procs.PortAllocator, pla
                 procs.stop(pin)
 
     for peer in usable:
-        for count in plan.idle_counts:
+        for count in plan.idle_counts if not peer.limit else ():
             pin, pout, _, o = _start_pair(peer, work, pki, ports, backend, f"{peer.name}-idle")
             try:
                 load.open_idle(o, 8)  # warm: first connection setup allocations
@@ -142,7 +164,7 @@ def idle_table(samples: list[report.Samples], counts: tuple[int, ...]) -> str:
     rows = ["| path | " + " | ".join(f"KiB per idle conn @ {c:,}" for c in counts) + " |",
             "|---|" + "---:|" * len(counts)]
     for s in samples:
-        if s.peer == "direct":
+        if s.peer in report.LIMITS:
             continue
         cells = [f"{m:.1f}" if (m := s.median(f"idle_kib_per_conn_{c}")) is not None else "–"
                  for c in counts]

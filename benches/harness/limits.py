@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def main(args: argparse.Namespace) -> int:
                   f"{med(hs, lambda r: r.rps):,.0f} |"]
     finally:
         procs.stop(backend)
+        shutil.rmtree(work, ignore_errors=True)
     text = "\n".join(lines) + "\n"
     print(text)
     out = HERE / "results" / f"{started:%Y-%m-%d-%H%M}-limits.md"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import subprocess
 import time
@@ -22,6 +23,9 @@ class WrkResult:
     errors: int
     p50_ms: float
     p99_ms: float
+    # wrk's own CPU seconds (from the rusage of the reaped child), user and system.
+    user_s: float = 0.0
+    sys_s: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -40,16 +44,34 @@ def wrk(port: int, path: str, conns: int, seconds: int, threads: int,
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}{path}")
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
-    if line is None:
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if not any(ln.startswith("BENCHJSON ") for ln in out.stdout.splitlines()):
         raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+    return parse_wrk(out.stdout, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime)
+
+
+def parse_wrk(stdout: str, user_s: float = 0.0, sys_s: float = 0.0) -> WrkResult:
+    """The result line that wrk/report.lua prints (`BENCHJSON {...}`)."""
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("BENCHJSON "))
     j = json.loads(line.removeprefix("BENCHJSON "))
     errors = sum(j[k] for k in ("connect_errors", "read_errors", "write_errors",
                                 "status_errors", "timeouts"))
     return WrkResult(requests=j["requests"], bytes=j["bytes"],
                      seconds=j["duration_us"] / 1e6, errors=errors,
-                     p50_ms=j["p50_us"] / 1000, p99_ms=j["p99_us"] / 1000)
+                     p50_ms=j["p50_us"] / 1000, p99_ms=j["p99_us"] / 1000,
+                     user_s=user_s, sys_s=sys_s)
+
+
+def selftest() -> None:
+    out = ('Running 1s test\nBENCHJSON {"requests":2000,"bytes":4000000,"duration_us":2000000,'
+           '"connect_errors":0,"read_errors":1,"write_errors":0,"status_errors":0,'
+           '"timeouts":2,"p50_us":1500,"p90_us":2000,"p99_us":4000,"mean_us":1600.0,'
+           '"max_us":9000}\n')
+    r = parse_wrk(out, 0.5, 0.25)
+    assert (r.rps, r.mb_s, r.errors, r.p50_ms, r.p99_ms) == (1000, 2.0, 3, 1.5, 4.0), r
+    assert (r.user_s, r.sys_s) == (0.5, 0.25), r
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:

@@ -175,15 +175,49 @@ def tree_kib(pid: int, key: str) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process tree so far (clock ticks from /proc/PID/stat)."""
+    return sum(cpu_split(pid))
+
+
+def parse_pid_stat(text: str) -> tuple[int, int]:
+    """(utime, stime) in clock ticks from the text of /proc/PID/stat (the command name, in
+    parentheses, may itself hold spaces and parentheses: split after the last `)`)."""
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process tree so far, every thread of every process."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for p in tree_pids(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            u, s = parse_pid_stat(Path(f"/proc/{p}/stat").read_text())
+        except (OSError, IndexError, ValueError):
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+        user += u
+        system += s
+    return user / tick, system / tick
+
+
+# Columns of the `cpu` line of /proc/stat (proc(5)); guest time is already inside user/nice.
+_STAT_COLS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def parse_proc_stat(text: str) -> dict[str, int]:
+    """The machine-wide `cpu` line of /proc/stat as {column: ticks}."""
+    line = next(ln for ln in text.splitlines() if ln.startswith("cpu "))
+    vals = [int(v) for v in line.split()[1:]]
+    return dict(zip(_STAT_COLS, vals + [0] * (len(_STAT_COLS) - len(vals))))
+
+
+def machine_cpu() -> dict[str, float]:
+    """Machine-wide CPU seconds so far: busy (user+nice+system+irq+softirq), idle (+iowait),
+    steal (time the hypervisor gave to other guests), and softirq on its own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    c = parse_proc_stat(Path("/proc/stat").read_text())
+    busy = c["user"] + c["nice"] + c["system"] + c["irq"] + c["softirq"]
+    return {"busy": busy / tick, "idle": (c["idle"] + c["iowait"]) / tick,
+            "steal": c["steal"] / tick, "softirq": (c["irq"] + c["softirq"]) / tick}
 
 
 def tempfile_dir() -> str:

@@ -53,16 +53,40 @@ def strace_counts(peer: peers.Peer, work: Path, pki: certs.Pki, ports: procs.Por
     finally:
         procs.stop(pout)
         procs.stop(pin)
+    total, top = parse_strace_c(out.read_text(), max(r.requests, 1))
+    return total, top[:6]
+
+
+def parse_strace_c(text: str, per: int) -> tuple[float, list[tuple[str, float]]]:
+    """`strace -c` summary → (calls per unit, [(syscall, calls per unit)] by count). A syscall
+    that failed some calls (EAGAIN on a non-blocking socket, mostly) is named `name(N err)` with
+    its failed calls per unit: those reads found nothing to read."""
     total, top = 0, []
-    for line in out.read_text().splitlines():
+    for line in text.splitlines():
         cols = line.split()
         if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
             calls = int(cols[3])
-            top.append((cols[-1], calls / r.requests))
+            name = cols[-1]
+            if len(cols) == 6 and int(cols[4]):
+                name += f"({int(cols[4]) / per:.1f} err)"
+            top.append((name, calls / per))
         if cols and cols[-1] == "total":
             total = int(cols[3])
     top.sort(key=lambda t: -t[1])
-    return total / max(r.requests, 1), top[:6]
+    return total / per, top
+
+
+def selftest() -> None:
+    text = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 60.00    0.060000           6     10000      2000 recvfrom
+ 40.00    0.040000           4      8000           writev
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.100000           5     18000      2000 total
+"""
+    total, top = parse_strace_c(text, 1000)
+    assert total == 18.0 and top == [("recvfrom(2.0 err)", 10.0), ("writev", 8.0)], top
+    assert _cell(*top[0]) == "recvfrom 10.0 (2.0 failed)" and _cell(*top[1]) == "writev 8.0"
 
 
 def _callgrind_total(files: list[Path]) -> int:
@@ -170,47 +194,28 @@ def main(args: argparse.Namespace) -> int:
     ports = procs.PortAllocator(args.port_base + 500)
     backend_port = ports.take()
     backend = start_backend(work, backend_port)
-    chosen = [p for p in [ours.Ours("tcp", ports), peers.Nginx(), peers.Haproxy()]
+    chosen = [p for p in [ours.Ours("tcp", ports), peers.Nginx(), peers.Haproxy(),
+                          peers.Ghostunnel(), peers.Relay()]
               if p.name in args.peers.split(",") and p.available() is None]
+    parts = set(args.parts.split(","))
     lines = [f"# Profile, {started:%Y-%m-%d %H:%M} UTC", "",
-             f"Command: `python3 benches/bench.py profile --peers {args.peers}`", ""]
+             f"Command: `python3 benches/bench.py profile --peers {args.peers} --parts "
+             f"{args.parts}`", "", f"Load average at the start: "
+             f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}", "",
+             f"enclaveid-proxy: `{ours.binary()}`", ""]
     try:
-        lines += ["## Syscalls (strace -c -f on every thread of both sidecars)", "",
-                  "| path | syscalls per keep-alive request | top (per request) | "
-                  "syscalls per new connection | top (per connection) | syscalls per 1 MiB "
-                  "response | top (per response) |",
-                  "|---|---:|---|---:|---|---:|---|"]
-        for p in chosen:
-            ka, ka_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False)
-            nc, nc_top = strace_counts(p, work, pki, ports, backend_port, 5, close=True)
-            fmt = lambda top: ", ".join(f"{n} {c:.1f}" for n, c in top)  # noqa: E731
-            big, big_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False,
-                                         path="/big")
-            lines.append(f"| {p.name} | {ka:.1f} | {fmt(ka_top)} | {nc:.1f} | {fmt(nc_top)} | "
-                         f"{big:.0f} | {fmt(big_top[:4])} |")
-            print(lines[-1], flush=True)
-        lines += ["", "## Instructions (valgrind --tool=callgrind, both sidecars, unloaded "
-                  "run subtracted)", "",
-                  "| path | instructions per keep-alive request | instructions per new "
-                  "connection (full mTLS handshake) |", "|---|---:|---:|"]
-        tops: dict[str, list[str]] = {}
-        for p in chosen:
-            idle, _, _ = callgrind(p, work, pki, ports, backend_port, 10, None)
-            ka, ka_n, _ = callgrind(p, work, pki, ports, backend_port, 10, False)
-            nc, nc_n, files = callgrind(p, work, pki, ports, backend_port, 10, True)
-            tops[p.name] = top_functions(files)
-            lines.append(f"| {p.name} | {(ka - idle) / max(ka_n, 1):,.0f} ({ka_n} requests) | "
-                         f"{(nc - idle) / max(nc_n, 1):,.0f} ({nc_n} connections) |")
-            print(lines[-1], flush=True)
-        for name, rows in tops.items():
-            lines += ["", f"Top functions by own instructions, {name}, new-connection run "
-                      "(first process's file):", "", "```", *rows, "```"]
-        for p in chosen:
-            lines += ["", f"Heap per idle connection, {p.name} (valgrind --tool=dhat, "
-                      f"{args.dhat_conns} idle proxied connections):", "", "```",
-                      *dhat_idle(p, work, pki, ports, backend_port, args.dhat_conns), "```"]
-            print("\n".join(lines[-12:]), flush=True)
-        if shutil.which("perf"):
+        if "strace" in parts:
+            _strace_section(chosen, work, pki, ports, backend_port, lines)
+        if "callgrind" in parts:
+            _callgrind_section(chosen, work, pki, ports, backend_port, lines)
+        if "dhat" in parts:
+            for p in chosen:
+                lines += ["", f"Heap per idle connection, {p.name} (valgrind --tool=dhat, "
+                          f"{args.dhat_conns} idle proxied connections):", "", "```",
+                          *dhat_idle(p, work, pki, ports, backend_port, args.dhat_conns),
+                          "```"]
+                print("\n".join(lines[-12:]), flush=True)
+        if "perf" in parts and shutil.which("perf"):
             for p in chosen:
                 for close in (False, True):
                     rows = perf_profile(p, work, pki, ports, backend_port, 8, close)
@@ -220,12 +225,57 @@ def main(args: argparse.Namespace) -> int:
     finally:
         procs.stop(backend)
         shutil.rmtree(work, ignore_errors=True)
+    lines += ["", f"Load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"]
     text = "\n".join(lines) + "\n"
     print(text)
     out = HERE / "results" / f"{started:%Y-%m-%d-%H%M}-profile.md"
     out.write_text(text)
     print(f"wrote {out}")
     return 0
+
+
+def _strace_section(chosen: list[peers.Peer], work: Path, pki: certs.Pki,
+                    ports: procs.PortAllocator, backend_port: int, lines: list[str]) -> None:
+    lines += ["## Syscalls (strace -c -f on every thread of both sidecars)", "",
+              "| path | syscalls per keep-alive request | top (per request) | "
+              "syscalls per new connection | top (per connection) | syscalls per 1 MiB "
+              "response | top (per response) |",
+              "|---|---:|---|---:|---|---:|---|"]
+    for p in chosen:
+        ka, ka_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False)
+        nc, nc_top = strace_counts(p, work, pki, ports, backend_port, 5, close=True)
+        fmt = lambda top: ", ".join(_cell(n, c) for n, c in top)  # noqa: E731
+        big, big_top = strace_counts(p, work, pki, ports, backend_port, 5, close=False,
+                                     path="/big")
+        lines.append(f"| {p.name} | {ka:.1f} | {fmt(ka_top)} | {nc:.1f} | {fmt(nc_top)} | "
+                     f"{big:.0f} | {fmt(big_top[:4])} |")
+        print(lines[-1], flush=True)
+
+
+def _cell(name: str, calls: float) -> str:
+    """`recvfrom(2.0 err)`, 10.0 → `recvfrom 10.0 (2.0 failed)`."""
+    base, _, err = name.partition("(")
+    return f"{base} {calls:.1f}" + (f" ({err.removesuffix(' err)')} failed)" if err else "")
+
+
+def _callgrind_section(chosen: list[peers.Peer], work: Path, pki: certs.Pki,
+                       ports: procs.PortAllocator, backend_port: int, lines: list[str]) -> None:
+    lines += ["", "## Instructions (valgrind --tool=callgrind, both sidecars, unloaded "
+              "run subtracted)", "",
+              "| path | instructions per keep-alive request | instructions per new "
+              "connection (full mTLS handshake) |", "|---|---:|---:|"]
+    tops: dict[str, list[str]] = {}
+    for p in chosen:
+        idle, _, _ = callgrind(p, work, pki, ports, backend_port, 10, None)
+        ka, ka_n, _ = callgrind(p, work, pki, ports, backend_port, 10, False)
+        nc, nc_n, files = callgrind(p, work, pki, ports, backend_port, 10, True)
+        tops[p.name] = top_functions(files)
+        lines.append(f"| {p.name} | {(ka - idle) / max(ka_n, 1):,.0f} ({ka_n} requests) | "
+                     f"{(nc - idle) / max(nc_n, 1):,.0f} ({nc_n} connections) |")
+        print(lines[-1], flush=True)
+    for name, rows in tops.items():
+        lines += ["", f"Top functions by own instructions, {name}, new-connection run "
+                  "(first process's file):", "", "```", *rows, "```"]
 
 
 _ALLOC_NOISE = ("library/std/", "library/alloc/", "library/core/", "vgpreload", "mem.c:",

@@ -16,6 +16,8 @@ METRICS = [
     ("cpu_us_per_req", "pair CPU µs/small req", False, "{:.0f}"),
 ]
 REFERENCE = "direct"
+# Limits of the machine, not sidecars: no ratio, never the best peer.
+LIMITS = ("direct", "relay")
 OTHERS = ("nginx", "haproxy", "ghostunnel")
 
 
@@ -36,7 +38,7 @@ class Samples:
 
 
 def _best(samples: list[Samples], key: str, higher: bool) -> float | None:
-    vals = [m for s in samples if s.peer != REFERENCE
+    vals = [m for s in samples if s.peer not in LIMITS
             and not (key == "hs_per_s" and s.peer == "ours-http")
             if (m := s.median(key)) is not None and m > 0]
     if not vals:
@@ -57,7 +59,7 @@ def side_by_side(samples: list[Samples]) -> str:
                 cells.append("–")
                 continue
             best = _best(samples, key, higher)
-            ratio = f" ({m / best:.2f}×)" if best and s.peer != REFERENCE else ""
+            ratio = f" ({m / best:.2f}×)" if best and s.peer not in LIMITS else ""
             cells.append(fmt.format(m) + ratio)
         rows.append(f"| {s.peer} | " + " | ".join(cells) + " |")
     if any(s.peer == "ours-http" for s in samples):

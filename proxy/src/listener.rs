@@ -14,13 +14,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::config::{Inbound, Outbound, Protocol};
 use crate::http;
 use crate::metrics::ListenerMetrics;
 use crate::Shared;
+
+pub(crate) mod tls_io;
 
 /// What a listener does with a connection.
 #[allow(clippy::large_enum_variant, reason = "one per listener, built once")]
@@ -140,6 +142,9 @@ async fn inbound(
     let Kind::Inbound { index, config, app } = &listener.kind else {
         return;
     };
+    if listener.protocol() == Protocol::Tcp || app.is_none() {
+        return inbound_tcp(stream, peer, listener, shared, *index, config).await;
+    }
     let loaded = shared.tls.current();
     let acceptor = TlsAcceptor::from(loaded.inbound[*index].clone());
     // Boxed: the handshake state is large and short-lived; inline it would size the task for
@@ -148,49 +153,70 @@ async fn inbound(
         config.limits.handshake_timeout,
         acceptor.accept(stream),
     ));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return refused(listener, peer, RejectReason::from_io(&e), &e),
+        Err(_) => return handshake_timed_out(listener, peer),
+    };
+    listener.metrics.handshakes.inc();
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned();
+    let identity = peer_cert
+        .as_ref()
+        .and_then(|c| PeerIdentity::from_der(c).ok())
+        .unwrap_or_default();
+    debug!(listener = listener.name(), peer = %peer, identity = ?identity.uris, "inbound connection");
+    let xfcc = http::xfcc(loaded.material.identity(), peer_cert.as_deref(), &identity);
+    drop(loaded);
+    Box::pin(http::serve_inbound(
+        tls,
+        peer,
+        listener.clone(),
+        xfcc,
+        shared,
+    ))
+    .await;
+}
+
+fn handshake_timed_out(listener: &Listener, peer: SocketAddr) {
+    refused(
+        listener,
+        peer,
+        RejectReason::Timeout,
+        &"no complete handshake within handshake_timeout_ms",
+    );
+}
+
+/// `tcp` inbound: the handshake and the copy on the unbuffered TLS stream, which holds no
+/// buffer while the connection is idle.
+async fn inbound_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Arc<Listener>,
+    shared: &Arc<Shared>,
+    index: usize,
+    config: &Inbound,
+) {
+    let server_config = shared.tls.current().inbound[index].clone();
+    // Boxed: the handshake state is large and short-lived (see `inbound`).
+    let handshake = Box::pin(timeout(
+        config.limits.handshake_timeout,
+        tls_io::accept(server_config, stream),
+    ));
     let mut tls = match handshake.await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refused(listener, peer, RejectReason::from_io(&e), &e),
-        Err(_) => {
-            return refused(
-                listener,
-                peer,
-                RejectReason::Timeout,
-                &"no complete handshake within handshake_timeout_ms",
-            )
-        }
+        Err(_) => return handshake_timed_out(listener, peer),
     };
     listener.metrics.handshakes.inc();
-    if let (Protocol::Http, Some(_)) = (listener.protocol(), app) {
-        let peer_cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .cloned();
-        let identity = peer_cert
-            .as_ref()
-            .and_then(|c| PeerIdentity::from_der(c).ok())
-            .unwrap_or_default();
-        debug!(listener = listener.name(), peer = %peer, identity = ?identity.uris, "inbound connection");
-        let xfcc = http::xfcc(loaded.material.identity(), peer_cert.as_deref(), &identity);
-        drop(loaded);
-        Box::pin(http::serve_inbound(
-            tls,
-            peer,
-            listener.clone(),
-            xfcc,
-            shared,
-        ))
-        .await;
-        return;
-    }
-    // tcp: nothing of the handshake is kept for the copy (the identity is only logged).
-    drop(loaded);
+    // Nothing of the handshake is kept for the copy (the identity is only logged).
     if tracing::enabled!(tracing::Level::DEBUG) {
         let identity = tls
-            .get_ref()
-            .1
+            .conn()
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| PeerIdentity::from_der(c).ok())
@@ -241,29 +267,23 @@ async fn outbound(
         let _ = stream.shutdown().await;
         return;
     };
-    let connector = TlsConnector::from(shared.tls.current().client_tcp.clone());
+    let client_config = shared.tls.current().client_tcp.clone();
     // Boxed for the same reason as the inbound handshake.
     let handshake = Box::pin(timeout(
         config.limits.handshake_timeout,
-        connector.connect(server_name.clone(), upstream),
+        tls_io::connect(client_config, server_name.clone(), upstream),
     ));
     let mut tls = match handshake.await {
         Ok(Ok(tls)) => tls,
-        // No await in these arms: one would keep the match's handshake result (a whole TLS
-        // stream) in the task next to `tls` for the connection's life. A TCP write shutdown is
-        // immediate.
+        // No await in these arms: one would keep the match's handshake result in the task next
+        // to `tls` for the connection's life. A TCP write shutdown is immediate.
         Ok(Err(e)) => {
             refused(listener, peer, RejectReason::from_io(&e), &e);
             let _ = stream.shutdown().now_or_never();
             return;
         }
         Err(_) => {
-            refused(
-                listener,
-                peer,
-                RejectReason::Timeout,
-                &"no complete handshake within handshake_timeout_ms",
-            );
+            handshake_timed_out(listener, peer);
             let _ = stream.shutdown().now_or_never();
             return;
         }

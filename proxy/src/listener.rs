@@ -23,6 +23,9 @@ use crate::metrics::ListenerMetrics;
 use crate::Shared;
 
 pub(crate) mod tls_io;
+#[cfg(test)]
+#[path = "listener/tls_io_tests.rs"]
+mod tls_io_tests;
 
 /// What a listener does with a connection.
 #[allow(clippy::large_enum_variant, reason = "one per listener, built once")]
@@ -81,8 +84,21 @@ impl Listener {
     }
 }
 
+/// Sets `TCP_NODELAY` on the listening socket, through a duplicate of its descriptor: Linux
+/// copies the option to every socket `accept` returns, which saves one `setsockopt` per
+/// connection. Returns whether accepted sockets inherit it (elsewhere they are set one by one).
+fn nodelay_inherited(socket: &TcpListener) -> bool {
+    use std::os::fd::AsFd;
+    cfg!(target_os = "linux")
+        && socket
+            .as_fd()
+            .try_clone_to_owned()
+            .is_ok_and(|fd| std::net::TcpStream::from(fd).set_nodelay(true).is_ok())
+}
+
 /// Accepts until the proxy starts draining.
 pub(crate) async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Shared>) {
+    let inherited = nodelay_inherited(&socket);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -103,7 +119,9 @@ pub(crate) async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, sh
             warn!(listener = listener.name(), peer = %peer, "connection refused: max_connections reached");
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         let (listener, shared2) = (listener.clone(), shared.clone());
         shared.tracker.spawn(async move {
             let _permit = permit;
@@ -327,5 +345,25 @@ where
         Err(e) => {
             debug!(listener = listener.name(), peer = %peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let plain = TcpStream::connect(addr).await.unwrap();
+        let (before, _) = socket.accept().await.unwrap();
+        assert!(!before.nodelay().unwrap(), "off by default");
+        assert!(nodelay_inherited(&socket));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (after, _) = socket.accept().await.unwrap();
+        assert!(after.nodelay().unwrap(), "inherited from the listener");
+        drop(plain);
     }
 }

@@ -188,6 +188,18 @@ impl<C: Side> TlsStream<C> {
         self.rx.capacity() + self.tx.capacity() + self.plain.capacity()
     }
 
+    /// Received bytes kept for the next read (a partial record).
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> &[u8] {
+        &self.rx
+    }
+
+    /// Waits until the socket has bytes to read.
+    #[cfg(test)]
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.sock.readable().await
+    }
+
     async fn handshake(mut self) -> io::Result<Self> {
         loop {
             let mut rx = mem::take(&mut self.rx);
@@ -600,7 +612,3 @@ impl<C: Side> AsyncWrite for TlsStream<C> {
         Pin::new(&mut this.sock).poll_shutdown(cx)
     }
 }
-
-#[cfg(test)]
-#[path = "tls_io_tests.rs"]
-mod tests;

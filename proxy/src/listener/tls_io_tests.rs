@@ -1,6 +1,7 @@
-//! The unbuffered TLS stream against real sockets on loopback. The peer is rustls' buffered
-//! `ClientConnection` driven by hand over a plain TCP socket, so a test decides exactly which
-//! bytes reach our side and when: half a record, a key update, `close_notify` or a bare FIN.
+//! The unbuffered TLS stream (`tls_io`) against real sockets on loopback. The peer is rustls'
+//! buffered `ClientConnection` driven by hand over a plain TCP socket, so a test decides exactly
+//! which bytes reach our side and when: half a record, a key update, `close_notify` or a bare
+//! FIN.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{accept, connect, TlsStream};
+use super::tls_io::{accept, connect, TlsStream};
 
 fn material(ca: &TestCa, sa: &str) -> Material {
     let leaf = ca.workload(sa);
@@ -166,7 +167,7 @@ async fn pair() -> (TlsStream<rustls::server::UnbufferedServerConnection>, Peer)
 
 /// Waits until our socket has bytes to read (a whole write arrives at once on loopback).
 async fn arrived(ours: &TlsStream<rustls::server::UnbufferedServerConnection>) {
-    within(ours.sock.readable()).await.unwrap();
+    within(ours.readable()).await.unwrap();
 }
 
 #[tokio::test]
@@ -189,7 +190,7 @@ async fn a_record_split_across_reads_waits_in_rx_then_arrives_whole() {
         ours.read(&mut buf).now_or_never().is_none(),
         "half a record"
     );
-    assert_eq!(ours.rx, record[..7], "the partial record is kept");
+    assert_eq!(ours.kept(), &record[..7], "the partial record is kept");
     peer.sock.write_all(&record[7..]).await.unwrap();
     let n = within(ours.read(&mut buf)).await.unwrap();
     assert_eq!(&buf[..n], b"hello, split record");
@@ -368,4 +369,60 @@ async fn our_client_talks_to_a_buffered_server_both_ways() {
     assert_eq!(got, sent);
     within(server).await.unwrap();
     assert_eq!(ours.buffered_capacity(), 0);
+}
+
+#[tokio::test]
+async fn an_idle_proxied_tls_connection_holds_no_buffer() {
+    let (mut ours, mut peer) = pair().await;
+    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut upstream = TcpStream::connect(app_listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut app, _) = app_listener.accept().await.unwrap();
+    let counter = prometheus::IntCounter::new("c", "c").unwrap();
+    let mut copy = crate::copy::bidirectional(
+        &mut ours,
+        &mut upstream,
+        &counter,
+        &counter,
+        Duration::from_secs(30),
+    );
+    assert!((&mut copy).now_or_never().is_none());
+    assert_eq!(copy.held() + copy.a().buffered_capacity(), 0, "nothing yet");
+
+    // Peer -> app, records of every size, while the app reads slowly.
+    let up: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    peer.send(&up).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1500];
+    within(async {
+        while got.len() < up.len() {
+            tokio::select! {
+                r = &mut copy => panic!("the copy ended early: {r:?}"),
+                n = app.read(&mut buf) => got.extend_from_slice(&buf[..n.unwrap()]),
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, up);
+
+    // App -> peer.
+    let down: Vec<u8> = (0..300_000u32).map(|i| (i % 247) as u8).collect();
+    app.write_all(&down).await.unwrap();
+    within(async {
+        while peer.received.len() < down.len() {
+            tokio::select! {
+                r = &mut copy => panic!("the copy ended early: {r:?}"),
+                () = peer.pump() => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(peer.received, down);
+
+    // Idle again: neither the copy nor the TLS stream holds a buffer.
+    assert!((&mut copy).now_or_never().is_none());
+    assert_eq!(copy.held(), 0, "no copy buffer");
+    assert_eq!(copy.a().buffered_capacity(), 0, "no TLS buffer");
+    assert_eq!(counter.get(), 500_000);
 }

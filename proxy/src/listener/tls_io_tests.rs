@@ -426,3 +426,70 @@ async fn an_idle_proxied_tls_connection_holds_no_buffer() {
     assert_eq!(copy.a().buffered_capacity(), 0, "no TLS buffer");
     assert_eq!(counter.get(), 500_000);
 }
+
+#[tokio::test]
+async fn tls12_where_a_listener_allows_it() {
+    let ca = TestCa::new("tls-io CA");
+    let settings = TlsSettings {
+        min_version: enclaveid_pki::tls::MinVersion::Tls12,
+        session_resumption: false,
+    };
+    let server = Arc::new(
+        material(&ca, "backend")
+            .server_config(&settings, None, &[])
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ours = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut tls = accept(server, sock).await.expect("handshake");
+        // Echo until close_notify, then close in turn.
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = tls.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            tls.write_all(&buf[..n]).await.unwrap();
+        }
+        tls.shutdown().await.unwrap();
+        tls.conn().protocol_version()
+    });
+    // A TLS 1.2-only client with the frontend's certificate.
+    let leaf = ca.workload("frontend");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der()).unwrap();
+    let key = <rustls_pki_types::PrivateKeyDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(
+        leaf.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(enclaveid_pki::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![leaf.der.clone()], key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let sock = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = within(connector.connect(name, sock)).await.unwrap();
+    let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 239) as u8).collect();
+    let mut got = Vec::new();
+    let (mut rd, mut wr) = tokio::io::split(&mut tls);
+    within(async {
+        tokio::join!(
+            async {
+                wr.write_all(&sent).await.unwrap();
+                wr.shutdown().await.unwrap();
+            },
+            async { rd.read_to_end(&mut got).await.unwrap() }
+        )
+    })
+    .await;
+    assert_eq!(got, sent);
+    assert_eq!(
+        within(ours).await.unwrap(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}

@@ -199,6 +199,72 @@ async fn a_record_split_across_reads_waits_in_rx_then_arrives_whole() {
 }
 
 #[tokio::test]
+async fn records_cut_anywhere_arrive_whole_and_in_order() {
+    let (mut ours, mut peer) = pair().await;
+    // A split inside the record header, then inside the body.
+    peer.conn.writer().write_all(b"header split").unwrap();
+    let record = peer.take_tls();
+    for piece in [&record[..3], &record[3..4], &record[4..20], &record[20..]] {
+        peer.sock.write_all(piece).await.unwrap();
+        arrived(&ours).await;
+        let mut buf = [0u8; 64];
+        match ours.read(&mut buf).now_or_never() {
+            None => assert!(!ours.kept().is_empty()),
+            Some(n) => assert_eq!(&buf[..n.unwrap()], b"header split"),
+        }
+    }
+    assert_eq!(ours.buffered_capacity(), 0);
+    // Many records of many sizes, their bytes written in pieces of every size.
+    let sent: Vec<u8> = (0..400_000u32).map(|i| (i % 233) as u8).collect();
+    let mut wire = Vec::new();
+    let mut seed = 7u32;
+    let mut next = |max: u32| {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        1 + (seed >> 8) % max
+    };
+    let mut off = 0;
+    while off < sent.len() {
+        let n = (next(20_000) as usize).min(sent.len() - off);
+        peer.conn.writer().write_all(&sent[off..off + n]).unwrap();
+        wire.extend(peer.take_tls());
+        off += n;
+    }
+    let cuts: Vec<usize> = {
+        let mut at = 0;
+        let mut cuts = Vec::new();
+        while at < wire.len() {
+            at = (at + next(30_000) as usize).min(wire.len());
+            cuts.push(at);
+        }
+        cuts
+    };
+    let mut got = Vec::new();
+    within(async {
+        tokio::join!(
+            async {
+                let mut from = 0;
+                for to in cuts {
+                    peer.sock.write_all(&wire[from..to]).await.unwrap();
+                    from = to;
+                    tokio::task::yield_now().await;
+                }
+            },
+            async {
+                let mut buf = vec![0u8; 24 * 1024];
+                while got.len() < sent.len() {
+                    let n = ours.read(&mut buf).await.unwrap();
+                    assert!(n > 0);
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+        )
+    })
+    .await;
+    assert!(got == sent, "every byte, in order");
+    assert_eq!(ours.buffered_capacity(), 0);
+}
+
+#[tokio::test]
 async fn a_record_larger_than_the_read_buffer_is_delivered_in_pieces() {
     let (mut ours, mut peer) = pair().await;
     let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();

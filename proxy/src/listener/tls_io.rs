@@ -416,7 +416,14 @@ impl<C: Side> TlsStream<C> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut len = self.rx.len();
-        buf[..len].copy_from_slice(&self.rx);
+        let Some(front) = buf.get_mut(..len) else {
+            // Not reachable: `rx` only ever holds bytes that came from this buffer.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a TLS message larger than the receive buffer",
+            )));
+        };
+        front.copy_from_slice(&self.rx);
         let before = out.filled().len();
         loop {
             let p = self.process(&mut buf[..len], Some(out), Action::Nothing, &mut []);

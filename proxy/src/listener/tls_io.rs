@@ -7,7 +7,8 @@
 //! buffer; every write is encrypted into a second scratch buffer per thread (`OUT_BUF`) and
 //! written straight to the socket. A connection keeps bytes of its own only for what cannot
 //! move at once: a partial record (`rx`), ciphertext the socket did not take (`tx`) and
-//! plaintext the caller had no room for (`plain`); each is freed once it is drained.
+//! plaintext the caller had no room for (`plain`). `rx` and `plain` are freed once drained,
+//! `tx` at the next flush (`copy` flushes when its reader goes idle), so a burst reuses it.
 //!
 //! Both ends are plain `AsyncRead + AsyncWrite`, so `copy::bidirectional` drives them as it
 //! drives a TCP socket. A read returns `Ok(0)` after the peer's `close_notify` and

@@ -3,6 +3,8 @@
 //! - `tls_stream`: bulk bytes through one mutual-TLS 1.3 connection built from the proxy's own
 //!   configurations (`enclaveid_pki::tls::Material`), by application write size: small writes
 //!   become small TLS records, so this is the record-coalescing lever.
+//! - `tls_unbuffered`: the same through the proxy's `tcp` data path stream (rustls' unbuffered
+//!   API, `src/listener/tls_io.rs`, included by path) at both ends.
 //! - `tcp_copy`: a relay in the middle of two loopback TCP connections copying with a given
 //!   buffer size per direction: the buffer-size lever of the `tcp` copy loop.
 //!
@@ -27,6 +29,13 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[path = "support/cpu_clock.rs"]
 mod cpu_clock;
+
+#[path = "../src/listener/tls_io.rs"]
+#[allow(
+    dead_code,
+    reason = "the proxy's own module; the bench uses its streams only"
+)]
+mod tls_io;
 use cpu_clock::ThreadCpu;
 
 /// Bytes moved per measured iteration.
@@ -139,6 +148,64 @@ fn bench_tls(c: &mut Criterion<ThreadCpu>) {
     group.finish();
 }
 
+/// The same as `bench_tls` on the proxy's `tcp` data path stream (rustls' unbuffered API,
+/// `src/listener/tls_io.rs`) at both ends.
+fn bench_tls_unbuffered(c: &mut Criterion<ThreadCpu>) {
+    let rt = runtime();
+    let ca = TestCa::new("bench-mesh-ca");
+    let settings = TlsSettings::default();
+    let server = Arc::new(
+        material(&ca, "backend")
+            .server_config(&settings, None, &[])
+            .expect("server config"),
+    );
+    let client = Arc::new(
+        material(&ca, "frontend")
+            .client_config(&settings, &[])
+            .expect("client config"),
+    );
+    let mut client = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tcp.set_nodelay(true).expect("nodelay");
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = tls_io::accept(server, tcp).await {
+                        sink(tls).await;
+                    }
+                });
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let name = ServerName::try_from("localhost").expect("name");
+        tls_io::connect(client, name, tcp).await.expect("handshake")
+    });
+    let mut group = c.benchmark_group("tls_unbuffered");
+    group.throughput(Throughput::Bytes(BATCH as u64));
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    for chunk in [1024usize, 4096, 16 * 1024, 64 * 1024] {
+        group.bench_with_input(
+            BenchmarkId::new("write_size", chunk),
+            &chunk,
+            |b, &chunk| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            total += send_batch(&mut client, chunk).await;
+                        }
+                        total
+                    })
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
 fn bench_tcp_copy(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let mut group = c.benchmark_group("tcp_copy");
@@ -184,6 +251,6 @@ fn bench_tcp_copy(c: &mut Criterion<ThreadCpu>) {
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpu);
-    targets = bench_tls, bench_tcp_copy
+    targets = bench_tls, bench_tls_unbuffered, bench_tcp_copy
 }
 criterion_main!(benches);

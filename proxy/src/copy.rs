@@ -207,6 +207,19 @@ where
     }
 }
 
+#[cfg(test)]
+impl<A: ?Sized, B: ?Sized> Bidirectional<'_, A, B> {
+    /// Bytes the copy holds in buffers of its own.
+    pub(crate) fn held(&self) -> usize {
+        self.a_to_b.pending.capacity() + self.b_to_a.pending.capacity()
+    }
+
+    /// The `a` side, to look at what it holds.
+    pub(crate) fn a(&self) -> &A {
+        self.a
+    }
+}
+
 impl<A, B> Future for Bidirectional<'_, A, B>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,

@@ -14,13 +14,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::config::{Inbound, Outbound, Protocol};
 use crate::http;
 use crate::metrics::ListenerMetrics;
 use crate::Shared;
+
+pub(crate) mod tls_io;
+#[cfg(test)]
+#[path = "listener/tls_io_tests.rs"]
+mod tls_io_tests;
 
 /// What a listener does with a connection.
 #[allow(clippy::large_enum_variant, reason = "one per listener, built once")]
@@ -79,8 +84,21 @@ impl Listener {
     }
 }
 
+/// Sets `TCP_NODELAY` on the listening socket, through a duplicate of its descriptor: Linux
+/// copies the option to every socket `accept` returns, which saves one `setsockopt` per
+/// connection. Returns whether accepted sockets inherit it (elsewhere they are set one by one).
+fn nodelay_inherited(socket: &TcpListener) -> bool {
+    use std::os::fd::AsFd;
+    cfg!(target_os = "linux")
+        && socket
+            .as_fd()
+            .try_clone_to_owned()
+            .is_ok_and(|fd| std::net::TcpStream::from(fd).set_nodelay(true).is_ok())
+}
+
 /// Accepts until the proxy starts draining.
 pub(crate) async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, shared: Arc<Shared>) {
+    let inherited = nodelay_inherited(&socket);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -101,7 +119,9 @@ pub(crate) async fn accept_loop(socket: TcpListener, listener: Arc<Listener>, sh
             warn!(listener = listener.name(), peer = %peer, "connection refused: max_connections reached");
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         let (listener, shared2) = (listener.clone(), shared.clone());
         shared.tracker.spawn(async move {
             let _permit = permit;
@@ -140,6 +160,9 @@ async fn inbound(
     let Kind::Inbound { index, config, app } = &listener.kind else {
         return;
     };
+    if listener.protocol() == Protocol::Tcp || app.is_none() {
+        return inbound_tcp(stream, peer, listener, shared, *index, config).await;
+    }
     let loaded = shared.tls.current();
     let acceptor = TlsAcceptor::from(loaded.inbound[*index].clone());
     // Boxed: the handshake state is large and short-lived; inline it would size the task for
@@ -148,49 +171,70 @@ async fn inbound(
         config.limits.handshake_timeout,
         acceptor.accept(stream),
     ));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return refused(listener, peer, RejectReason::from_io(&e), &e),
+        Err(_) => return handshake_timed_out(listener, peer),
+    };
+    listener.metrics.handshakes.inc();
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned();
+    let identity = peer_cert
+        .as_ref()
+        .and_then(|c| PeerIdentity::from_der(c).ok())
+        .unwrap_or_default();
+    debug!(listener = listener.name(), peer = %peer, identity = ?identity.uris, "inbound connection");
+    let xfcc = http::xfcc(loaded.material.identity(), peer_cert.as_deref(), &identity);
+    drop(loaded);
+    Box::pin(http::serve_inbound(
+        tls,
+        peer,
+        listener.clone(),
+        xfcc,
+        shared,
+    ))
+    .await;
+}
+
+fn handshake_timed_out(listener: &Listener, peer: SocketAddr) {
+    refused(
+        listener,
+        peer,
+        RejectReason::Timeout,
+        &"no complete handshake within handshake_timeout_ms",
+    );
+}
+
+/// `tcp` inbound: the handshake and the copy on the unbuffered TLS stream, which holds no
+/// buffer while the connection is idle.
+async fn inbound_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Arc<Listener>,
+    shared: &Arc<Shared>,
+    index: usize,
+    config: &Inbound,
+) {
+    let server_config = shared.tls.current().inbound[index].clone();
+    // Boxed: the handshake state is large and short-lived (see `inbound`).
+    let handshake = Box::pin(timeout(
+        config.limits.handshake_timeout,
+        tls_io::accept(server_config, stream),
+    ));
     let mut tls = match handshake.await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refused(listener, peer, RejectReason::from_io(&e), &e),
-        Err(_) => {
-            return refused(
-                listener,
-                peer,
-                RejectReason::Timeout,
-                &"no complete handshake within handshake_timeout_ms",
-            )
-        }
+        Err(_) => return handshake_timed_out(listener, peer),
     };
     listener.metrics.handshakes.inc();
-    if let (Protocol::Http, Some(_)) = (listener.protocol(), app) {
-        let peer_cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .cloned();
-        let identity = peer_cert
-            .as_ref()
-            .and_then(|c| PeerIdentity::from_der(c).ok())
-            .unwrap_or_default();
-        debug!(listener = listener.name(), peer = %peer, identity = ?identity.uris, "inbound connection");
-        let xfcc = http::xfcc(loaded.material.identity(), peer_cert.as_deref(), &identity);
-        drop(loaded);
-        Box::pin(http::serve_inbound(
-            tls,
-            peer,
-            listener.clone(),
-            xfcc,
-            shared,
-        ))
-        .await;
-        return;
-    }
-    // tcp: nothing of the handshake is kept for the copy (the identity is only logged).
-    drop(loaded);
+    // Nothing of the handshake is kept for the copy (the identity is only logged).
     if tracing::enabled!(tracing::Level::DEBUG) {
         let identity = tls
-            .get_ref()
-            .1
+            .conn()
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|c| PeerIdentity::from_der(c).ok())
@@ -241,29 +285,23 @@ async fn outbound(
         let _ = stream.shutdown().await;
         return;
     };
-    let connector = TlsConnector::from(shared.tls.current().client_tcp.clone());
+    let client_config = shared.tls.current().client_tcp.clone();
     // Boxed for the same reason as the inbound handshake.
     let handshake = Box::pin(timeout(
         config.limits.handshake_timeout,
-        connector.connect(server_name.clone(), upstream),
+        tls_io::connect(client_config, server_name.clone(), upstream),
     ));
     let mut tls = match handshake.await {
         Ok(Ok(tls)) => tls,
-        // No await in these arms: one would keep the match's handshake result (a whole TLS
-        // stream) in the task next to `tls` for the connection's life. A TCP write shutdown is
-        // immediate.
+        // No await in these arms: one would keep the match's handshake result in the task next
+        // to `tls` for the connection's life. A TCP write shutdown is immediate.
         Ok(Err(e)) => {
             refused(listener, peer, RejectReason::from_io(&e), &e);
             let _ = stream.shutdown().now_or_never();
             return;
         }
         Err(_) => {
-            refused(
-                listener,
-                peer,
-                RejectReason::Timeout,
-                &"no complete handshake within handshake_timeout_ms",
-            );
+            handshake_timed_out(listener, peer);
             let _ = stream.shutdown().now_or_never();
             return;
         }
@@ -307,5 +345,25 @@ where
         Err(e) => {
             debug!(listener = listener.name(), peer = %peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let plain = TcpStream::connect(addr).await.unwrap();
+        let (before, _) = socket.accept().await.unwrap();
+        assert!(!before.nodelay().unwrap(), "off by default");
+        assert!(nodelay_inherited(&socket));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (after, _) = socket.accept().await.unwrap();
+        assert!(after.nodelay().unwrap(), "inherited from the listener");
+        drop(plain);
     }
 }

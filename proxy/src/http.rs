@@ -35,6 +35,9 @@ use crate::metrics::ListenerMetrics;
 use crate::tls_state::TlsState;
 use crate::Shared;
 
+mod pool;
+use pool::{AppError, AppPool};
+
 /// The header Envoy uses for the verified client certificate.
 pub(crate) static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -43,7 +46,7 @@ pub(crate) type Body = Either<Incoming, Full<Bytes>>;
 
 /// Pooled clients from an inbound listener to the app.
 pub(crate) struct AppClients {
-    h1: Client<FixedConnector, Incoming>,
+    h1: Arc<AppPool>,
     h2: Client<FixedConnector, Incoming>,
     authority: Authority,
     mode: AppProtocol,
@@ -56,14 +59,12 @@ impl AppClients {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.limits.connect_timeout));
-        let connector = FixedConnector {
-            http,
-            target: format!("http://{}", config.forward).parse()?,
-        };
+        let target: Uri = format!("http://{}", config.forward).parse()?;
+        let h1 = AppPool::new(http.clone(), target.clone(), config.limits.idle_timeout);
+        let connector = FixedConnector { http, target };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.limits.idle_timeout);
-        let h1 = b.build(connector.clone());
         let h2 = b.http2_only(true).build(connector);
         Ok(Self {
             h1,
@@ -149,6 +150,9 @@ enum UpstreamError {
     /// The shared HTTP/2 connection to the peer failed.
     #[error(transparent)]
     Mesh(#[from] H2Error),
+    /// An HTTP/1.1 connection to the app failed.
+    #[error(transparent)]
+    App(#[from] AppError),
 }
 
 impl UpstreamError {
@@ -157,7 +161,7 @@ impl UpstreamError {
         match self {
             Self::Probe(_) | Self::Mesh(H2Error::Connect(_)) => true,
             Self::Pooled(e) => outbound && e.is_connect(),
-            Self::Mesh(_) => false,
+            Self::Mesh(_) | Self::App(_) => false,
         }
     }
 }
@@ -474,17 +478,38 @@ async fn forward_inbound(
         unreachable!("inbound http listeners always have app clients")
     };
     let (upgrade, mut parts, down_upgrade) = prepare(&mut req, xfcc);
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority.get_or_insert_with(|| app.authority.clone());
-    set_uri(&mut req, parts);
     let h2 = !upgrade
         && (app.mode == AppProtocol::Http2 || app.mode == AppProtocol::Auto && is_grpc(&req));
     let result = if h2 {
-        app.h2.request(req).await
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority.get_or_insert_with(|| app.authority.clone());
+        set_uri(&mut req, parts);
+        app.h2.request(req).await.map_err(UpstreamError::from)
     } else {
-        app.h1.request(req).await
-    }
-    .map_err(UpstreamError::from);
+        // HTTP/1.1: the authority goes in Host (its host, and its port unless 80, as
+        // hyper-util's client wrote it), the URI in origin form (authority form for CONNECT).
+        let authority = parts
+            .authority
+            .take()
+            .unwrap_or_else(|| app.authority.clone());
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => {
+                HeaderValue::try_from(format!("{}:{port}", authority.host()))
+            }
+            _ => HeaderValue::from_str(authority.host()),
+        };
+        if let Ok(host) = host {
+            req.headers_mut().insert(HOST, host);
+        }
+        *req.uri_mut() = if req.method() == http::Method::CONNECT {
+            Uri::from(authority)
+        } else {
+            parts
+                .path_and_query
+                .map_or_else(|| Uri::from_static("/"), Uri::from)
+        };
+        app.h1.request(req).await.map_err(UpstreamError::from)
+    };
     Ok(finish(result, &listener, start, down_upgrade, &tracker))
 }
 

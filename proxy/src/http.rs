@@ -389,10 +389,12 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// pass over the names finds what is there first: most messages carry none of these, and each
 /// removal by name costs a hash.
 fn strip(h: &mut HeaderMap, upgrade: bool) {
-    let (mut connection, mut fixed, mut xfcc) = (false, false, false);
+    let (mut connection, mut upgrade_header, mut fixed, mut xfcc) = (false, false, false, false);
     for name in h.keys() {
-        if name == CONNECTION || name == UPGRADE {
+        if name == CONNECTION {
             connection = true;
+        } else if name == UPGRADE {
+            upgrade_header = true;
         } else if name == TE
             || name == TRANSFER_ENCODING
             || name == KEEP_ALIVE
@@ -413,12 +415,18 @@ fn strip(h: &mut HeaderMap, upgrade: bool) {
         for v in first.iter().chain(&rest) {
             let Ok(list) = v.to_str() else { continue };
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if !name.eq_ignore_ascii_case("te") {
+                // A short scan of the names instead of a lookup by an unparsed name: the usual
+                // `keep-alive` and `close` nominate nothing that is there.
+                if !name.eq_ignore_ascii_case("te")
+                    && h.keys().any(|k| k.as_str().eq_ignore_ascii_case(name))
+                {
                     h.remove(name);
                 }
             }
         }
         h.remove(CONNECTION);
+    }
+    if upgrade_header && !upgrade {
         h.remove(UPGRADE);
     }
     if fixed {
@@ -708,5 +716,72 @@ impl<T> Counting<T> {
     fn count(&self, n: usize) {
         self.m.to_downstream.inc_by(n as u64);
         self.activity.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn strip_removes_hop_by_hop_nominated_and_identity_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other, te"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("x-forwarded-client-cert", "By=evil"),
+            ("x-kept", "1"),
+        ]);
+        strip(&mut h, false);
+        assert_eq!(names(&h), ["te", "x-kept"], "te: trailers stays (gRPC)");
+
+        let mut h = map(&[("te", "gzip"), ("content-type", "text/plain")]);
+        strip(&mut h, false);
+        assert_eq!(names(&h), ["content-type"]);
+
+        let mut h = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("x-forwarded-client-cert", "By=evil"),
+        ]);
+        strip(&mut h, true);
+        assert_eq!(
+            names(&h),
+            ["connection", "upgrade"],
+            "an upgrade keeps connection and upgrade, never XFCC"
+        );
+
+        let mut h = map(&[("upgrade", "h2c"), ("host", "a")]);
+        strip(&mut h, false);
+        assert_eq!(names(&h), ["host"]);
+
+        let mut h = map(&[("connection", "X-Forwarded-Client-Cert")]);
+        h.append(&XFCC, HeaderValue::from_static("By=ours"));
+        strip(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use enclaveid_pki::identity::PeerIdentity;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, TE, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -29,10 +30,13 @@ use tracing::{debug, warn};
 
 use crate::config::{AppProtocol, Inbound, Limits, Outbound};
 use crate::listener::{Kind, Listener};
-use crate::mesh::{DnsCache, MeshConnector, Mode};
+use crate::mesh::{DnsCache, H2Error, H2Peer, MeshConnector, Mode};
 use crate::metrics::ListenerMetrics;
 use crate::tls_state::TlsState;
 use crate::Shared;
+
+mod pool;
+use pool::{AppError, AppPool};
 
 /// The header Envoy uses for the verified client certificate.
 pub(crate) static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -42,7 +46,7 @@ pub(crate) type Body = Either<Incoming, Full<Bytes>>;
 
 /// Pooled clients from an inbound listener to the app.
 pub(crate) struct AppClients {
-    h1: Client<FixedConnector, Incoming>,
+    h1: Arc<AppPool>,
     h2: Client<FixedConnector, Incoming>,
     authority: Authority,
     mode: AppProtocol,
@@ -55,14 +59,12 @@ impl AppClients {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.limits.connect_timeout));
-        let connector = FixedConnector {
-            http,
-            target: format!("http://{}", config.forward).parse()?,
-        };
+        let target: Uri = format!("http://{}", config.forward).parse()?;
+        let h1 = AppPool::new(http.clone(), target.clone(), config.limits.idle_timeout);
+        let connector = FixedConnector { http, target };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.limits.idle_timeout);
-        let h1 = b.build(connector.clone());
         let h2 = b.http2_only(true).build(connector);
         Ok(Self {
             h1,
@@ -74,11 +76,11 @@ impl AppClients {
     }
 }
 
-/// Pooled mTLS clients from an outbound listener to the peer sidecar: HTTP/2-only for a peer
-/// that negotiates h2 by ALPN (one multiplexed connection), HTTP/1.1 for any other, and an
-/// HTTP/1.1-only hop for `Upgrade` requests.
+/// mTLS clients from an outbound listener to the peer sidecar: one shared HTTP/2 connection
+/// for a peer that negotiates h2 by ALPN (every request multiplexed on it), a pooled HTTP/1.1
+/// client for any other, and an HTTP/1.1-only hop for `Upgrade` requests.
 pub(crate) struct PeerClients {
-    mesh_h2: Client<MeshConnector, Incoming>,
+    mesh_h2: H2Peer,
     mesh_http1: Client<MeshConnector, Incoming>,
     mesh_upgrade: Client<MeshConnector, Incoming>,
     learn: MeshConnector,
@@ -100,7 +102,7 @@ impl PeerClients {
             .pool_idle_timeout(config.limits.idle_timeout);
         let mesh_http1 = b.build(learn.clone());
         let mesh_upgrade = b.build(learn.clone().with_mode(Mode::Http1));
-        let mesh_h2 = b.http2_only(true).build(learn.clone().with_mode(Mode::H2));
+        let mesh_h2 = H2Peer::new(learn.clone());
         Ok(Self {
             mesh_h2,
             mesh_http1,
@@ -111,16 +113,56 @@ impl PeerClients {
         })
     }
 
-    /// The client for a request: learns the peer's protocol first if nobody knows it yet.
-    async fn client(&self, upgrade: bool) -> std::io::Result<&Client<MeshConnector, Incoming>> {
+    /// Sends a request on the right client, learning the peer's protocol first if nobody knows
+    /// it yet.
+    async fn request(
+        &self,
+        req: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         if upgrade {
-            return Ok(&self.mesh_upgrade);
+            return Ok(self.mesh_upgrade.request(req).await?);
         }
-        Ok(if self.learn.peer().is_h2(&self.learn).await? {
-            &self.mesh_h2
+        let h2 = match self.learn.peer().known() {
+            Some(h2) => h2,
+            // Boxed: the probe dials, and its future would otherwise size every request's.
+            None => Box::pin(self.learn.peer().is_h2(&self.learn))
+                .await
+                .map_err(UpstreamError::Probe)?,
+        };
+        if h2 {
+            Ok(self.mesh_h2.request(req).await?)
         } else {
-            &self.mesh_http1
-        })
+            Ok(self.mesh_http1.request(req).await?)
+        }
+    }
+}
+
+/// Why a forwarded request got no response (each is answered with a 502).
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    /// Learning the peer's protocol failed (the mesh connector counted and logged the dial).
+    #[error("learning the peer's protocol: {0}")]
+    Probe(#[source] std::io::Error),
+    /// A pooled hyper-util client failed.
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    /// The shared HTTP/2 connection to the peer failed.
+    #[error(transparent)]
+    Mesh(#[from] H2Error),
+    /// An HTTP/1.1 connection to the app failed.
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+impl UpstreamError {
+    /// Whether the mesh connector counted this one already (a failed outbound dial).
+    fn counted(&self, outbound: bool) -> bool {
+        match self {
+            Self::Probe(_) | Self::Mesh(H2Error::Connect(_)) => true,
+            Self::Pooled(e) => outbound && e.is_connect(),
+            Self::Mesh(_) | Self::App(_) => false,
+        }
     }
 }
 
@@ -187,7 +229,7 @@ pub(crate) async fn serve_inbound<T>(
         return;
     };
     let builder = app.server.clone();
-    serve(io, peer, listener, xfcc, builder, shared).await;
+    serve(io, peer, listener, xfcc, builder, shared, forward_inbound).await;
 }
 
 /// Serves HTTP on a plaintext outbound connection from the app.
@@ -207,18 +249,33 @@ pub(crate) async fn serve_outbound<T>(
         return;
     };
     let builder = clients.server.clone();
-    serve(io, peer, listener, None, builder, shared).await;
+    serve(io, peer, listener, None, builder, shared, forward_outbound).await;
 }
 
-async fn serve<T>(
+/// Serves one connection, answering each request with `forward` (one per direction, so that
+/// each direction's request future is only as large as its own path: hyper moves it at every
+/// request, and spawns it on HTTP/2).
+async fn serve<T, F, Fut>(
     io: T,
     peer: SocketAddr,
     listener: Arc<Listener>,
     xfcc: Option<HeaderValue>,
     builder: auto::Builder<TokioExecutor>,
     shared: &Arc<Shared>,
+    forward: F,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(
+            Request<Incoming>,
+            Arc<Listener>,
+            Option<HeaderValue>,
+            tokio_util::task::TaskTracker,
+        ) -> Fut
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let activity = Arc::new(AtomicU64::new(0));
     let limits = match &listener.kind {
@@ -243,6 +300,9 @@ async fn serve<T>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut tick = tokio::time::interval_at(Instant::now() + idle, idle);
+    // Made once: a `select!` in a loop would otherwise build (and register) it at every wake-up.
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     // Created (boxed) only once a drain begins: it would otherwise size every connection task.
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let (mut seen, mut draining, mut closing) = (0, false, false);
@@ -265,7 +325,7 @@ async fn serve<T>(
                 }
                 return;
             }
-            () = shared.shutdown.cancelled(), if !draining => {
+            () = &mut cancelled, if !draining => {
                 draining = true;
                 grace = Some(Box::pin(tokio::time::sleep(first_request_grace)));
             }
@@ -321,101 +381,184 @@ fn is_grpc(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `te: trailers` (gRPC needs it) and, on
-/// an upgrade, `connection` and `upgrade`.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    if !upgrade {
-        if let Some(conn) = h
-            .get(CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+/// an upgrade, `connection` and `upgrade`; and removes every `x-forwarded-client-cert`. One
+/// pass over the names finds what is there first: most messages carry none of these, and each
+/// removal by name costs a hash.
+fn strip(h: &mut HeaderMap, upgrade: bool) {
+    let (mut connection, mut upgrade_header, mut fixed, mut xfcc) = (false, false, false, false);
+    for name in h.keys() {
+        if name == CONNECTION {
+            connection = true;
+        } else if name == UPGRADE {
+            upgrade_header = true;
+        } else if name == TE
+            || name == TRANSFER_ENCODING
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || name == PROXY_AUTHENTICATE
+            || name == PROXY_AUTHORIZATION
         {
-            for name in conn.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if !name.eq_ignore_ascii_case("te") {
+            fixed = true;
+        } else if name == XFCC {
+            xfcc = true;
+        }
+    }
+    if connection && !upgrade {
+        // Cloning a value shares its bytes; the list is read while the map is changed.
+        let mut values = h.get_all(CONNECTION).iter();
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for v in first.iter().chain(&rest) {
+            let Ok(list) = v.to_str() else { continue };
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                // A short scan of the names instead of a lookup by an unparsed name: the usual
+                // `keep-alive` and `close` nominate nothing that is there.
+                if !name.eq_ignore_ascii_case("te")
+                    && h.keys().any(|k| k.as_str().eq_ignore_ascii_case(name))
+                {
                     h.remove(name);
                 }
             }
         }
         h.remove(CONNECTION);
+    }
+    if upgrade_header && !upgrade {
         h.remove(UPGRADE);
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "transfer-encoding",
-    ] {
-        h.remove(name);
+    if fixed {
+        for name in [
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+            &PROXY_AUTHENTICATE,
+            &PROXY_AUTHORIZATION,
+            &TRANSFER_ENCODING,
+        ] {
+            h.remove(name);
+        }
+        if h.get(TE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            h.remove(TE);
+        }
     }
-    if h.get(TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        h.remove(TE);
+    if xfcc {
+        h.remove(&XFCC);
     }
 }
 
-async fn forward(
+/// What both directions do to a request before sending it on: hop-by-hop headers and any XFCC
+/// out first (a peer may nominate any header in `Connection`), then our XFCC, so nothing the
+/// peer sends can remove or replace the identity we vouch for. The request's authority (h2
+/// `:authority`, else the Host header) moves into the returned URI parts, so hyper writes it
+/// as `:authority` on HTTP/2 and as `Host` on HTTP/1.1, never both.
+fn prepare(
+    req: &mut Request<Incoming>,
+    xfcc: Option<HeaderValue>,
+) -> (bool, http::uri::Parts, Option<hyper::upgrade::OnUpgrade>) {
+    let upgrade = is_upgrade(req);
+    strip(req.headers_mut(), upgrade);
+    if let Some(v) = xfcc {
+        req.headers_mut().insert(XFCC.clone(), v);
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let host = req.headers_mut().remove(HOST);
+    if parts.authority.is_none() {
+        parts.authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
+    }
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
+    *req.version_mut() = Version::HTTP_11;
+    (upgrade, parts, down_upgrade)
+}
+
+/// Inbound: to the app, over HTTP/1.1 or (configured, or `auto` and gRPC) h2c.
+async fn forward_inbound(
     mut req: Request<Incoming>,
     listener: Arc<Listener>,
     xfcc: Option<HeaderValue>,
     tracker: tokio_util::task::TaskTracker,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
-    let m = &listener.metrics;
-    // Hop-by-hop first (a peer may nominate any header in `Connection`), then our XFCC, so
-    // nothing the peer sends can remove or replace the identity we vouch for.
-    let upgrade = is_upgrade(&req);
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-    req.headers_mut().remove(&XFCC);
-    if let Some(v) = xfcc {
-        req.headers_mut().insert(XFCC.clone(), v);
-    }
-    // The request's authority (h2 `:authority`, else the Host header) travels in the URI, so
-    // hyper writes it as `:authority` on HTTP/2 and as `Host` on HTTP/1.1, never both.
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    let host = req.headers_mut().remove(HOST);
-    if parts.authority.is_none() {
-        parts.authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
-    }
-    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    *req.version_mut() = Version::HTTP_11;
-    let result = match &listener.kind {
-        Kind::Inbound { app: Some(app), .. } => {
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority.get_or_insert_with(|| app.authority.clone());
-            set_uri(&mut req, parts);
-            let h2 = !upgrade
-                && (app.mode == AppProtocol::Http2
-                    || app.mode == AppProtocol::Auto && is_grpc(&req));
-            if h2 {
-                app.h2.request(req).await
-            } else {
-                app.h1.request(req).await
-            }
-        }
-        Kind::Outbound {
-            peer: Some(peer), ..
-        } => {
-            parts.scheme = Some(Scheme::HTTPS);
-            parts
-                .authority
-                .get_or_insert_with(|| peer.authority.clone());
-            set_uri(&mut req, parts);
-            match peer.client(upgrade).await {
-                Ok(client) => client.request(req).await,
-                Err(e) => {
-                    // The mesh connector counted and logged the failed dial.
-                    debug!(listener = listener.name(), error = %e, "learning the peer's protocol failed");
-                    return Ok(bad_gateway(m, start));
-                }
-            }
-        }
-        _ => unreachable!("http listeners always have clients"),
+    let Kind::Inbound { app: Some(app), .. } = &listener.kind else {
+        unreachable!("inbound http listeners always have app clients")
     };
+    let (upgrade, mut parts, down_upgrade) = prepare(&mut req, xfcc);
+    let h2 = !upgrade
+        && (app.mode == AppProtocol::Http2 || app.mode == AppProtocol::Auto && is_grpc(&req));
+    let result = if h2 {
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority.get_or_insert_with(|| app.authority.clone());
+        set_uri(&mut req, parts);
+        app.h2.request(req).await.map_err(UpstreamError::from)
+    } else {
+        // HTTP/1.1: the authority goes in Host (its host, and its port unless 80, as
+        // hyper-util's client wrote it), the URI in origin form (authority form for CONNECT).
+        let authority = parts
+            .authority
+            .take()
+            .unwrap_or_else(|| app.authority.clone());
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => {
+                HeaderValue::try_from(format!("{}:{port}", authority.host()))
+            }
+            _ => HeaderValue::from_str(authority.host()),
+        };
+        if let Ok(host) = host {
+            req.headers_mut().insert(HOST, host);
+        }
+        *req.uri_mut() = if req.method() == http::Method::CONNECT {
+            Uri::from(authority)
+        } else {
+            parts
+                .path_and_query
+                .map_or_else(|| Uri::from_static("/"), Uri::from)
+        };
+        app.h1.request(req).await.map_err(UpstreamError::from)
+    };
+    Ok(finish(result, &listener, start, down_upgrade, &tracker))
+}
+
+/// Outbound: to the peer sidecar over mTLS.
+async fn forward_outbound(
+    mut req: Request<Incoming>,
+    listener: Arc<Listener>,
+    xfcc: Option<HeaderValue>,
+    tracker: tokio_util::task::TaskTracker,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let Kind::Outbound {
+        peer: Some(peer), ..
+    } = &listener.kind
+    else {
+        unreachable!("outbound http listeners always have peer clients")
+    };
+    let (upgrade, mut parts, down_upgrade) = prepare(&mut req, xfcc);
+    parts.scheme = Some(Scheme::HTTPS);
+    parts
+        .authority
+        .get_or_insert_with(|| peer.authority.clone());
+    set_uri(&mut req, parts);
+    let result = peer.request(req, upgrade).await;
+    Ok(finish(result, &listener, start, down_upgrade, &tracker))
+}
+
+/// The response to send back (the upstream's, hop-by-hop headers and XFCC removed, or a 502),
+/// counted; on `101 Switching Protocols`, the two upgraded connections are joined.
+fn finish(
+    result: Result<Response<Incoming>, UpstreamError>,
+    listener: &Listener,
+    start: Instant,
+    down_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Response<Body> {
+    let m = &listener.metrics;
     let resp = match result {
         Ok(mut resp) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().remove(&XFCC);
                 if let Some(down) = down_upgrade {
                     let up = hyper::upgrade::on(&mut resp);
                     let name = listener.name().to_owned();
@@ -434,27 +577,29 @@ async fn forward(
                     });
                 }
             } else {
-                strip_hop_by_hop(resp.headers_mut(), false);
+                strip(resp.headers_mut(), false);
             }
-            resp.headers_mut().remove(&XFCC);
             resp.map(Either::Left)
         }
         Err(e) => {
-            // The mesh connector (outbound) counts its own connect failures, with the target.
-            let counted = e.is_connect() && matches!(listener.kind, Kind::Outbound { .. });
-            if !counted {
+            let outbound = matches!(listener.kind, Kind::Outbound { .. });
+            if !e.counted(outbound) {
                 m.upstream_failures.inc();
             }
-            let cause = std::error::Error::source(&e)
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            warn!(listener = listener.name(), error = %e, cause, "upstream request failed");
-            return Ok(bad_gateway(m, start));
+            if matches!(e, UpstreamError::Probe(_)) {
+                debug!(listener = listener.name(), error = %e, "learning the peer's protocol failed");
+            } else {
+                let cause = std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                warn!(listener = listener.name(), error = %e, cause, "upstream request failed");
+            }
+            return bad_gateway(m, start);
         }
     };
     m.response(resp.status().as_u16());
     m.duration.observe(start.elapsed().as_secs_f64());
-    Ok(resp)
+    resp
 }
 
 /// A counted 502.
@@ -571,5 +716,72 @@ impl<T> Counting<T> {
     fn count(&self, n: usize) {
         self.m.to_downstream.inc_by(n as u64);
         self.activity.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn strip_removes_hop_by_hop_nominated_and_identity_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other, te"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("x-forwarded-client-cert", "By=evil"),
+            ("x-kept", "1"),
+        ]);
+        strip(&mut h, false);
+        assert_eq!(names(&h), ["te", "x-kept"], "te: trailers stays (gRPC)");
+
+        let mut h = map(&[("te", "gzip"), ("content-type", "text/plain")]);
+        strip(&mut h, false);
+        assert_eq!(names(&h), ["content-type"]);
+
+        let mut h = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("x-forwarded-client-cert", "By=evil"),
+        ]);
+        strip(&mut h, true);
+        assert_eq!(
+            names(&h),
+            ["connection", "upgrade"],
+            "an upgrade keeps connection and upgrade, never XFCC"
+        );
+
+        let mut h = map(&[("upgrade", "h2c"), ("host", "a")]);
+        strip(&mut h, false);
+        assert_eq!(names(&h), ["host"]);
+
+        let mut h = map(&[("connection", "X-Forwarded-Client-Cert")]);
+        h.append(&XFCC, HeaderValue::from_static("By=ours"));
+        strip(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 }

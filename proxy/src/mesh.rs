@@ -28,6 +28,9 @@ use tracing::{debug, warn};
 use crate::config::{Dns, HostPort, Outbound};
 use crate::metrics::ListenerMetrics;
 use crate::tls_state::TlsState;
+pub(crate) use mux::{H2Error, H2Peer};
+
+mod mux;
 
 /// Which connections a [`MeshConnector`] hands to its client.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,7 +106,8 @@ impl PeerProtocol {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), conn));
     }
 
-    fn known(&self) -> Option<bool> {
+    /// What the peer negotiates, if known yet.
+    pub(crate) fn known(&self) -> Option<bool> {
         match self.state.load(Ordering::Acquire) {
             H2 => Some(true),
             HTTP1 => Some(false),
@@ -142,16 +146,21 @@ impl PeerProtocol {
     }
 }
 
-/// Dials the peer sidecar over mTLS.
+/// Dials the peer sidecar over mTLS. Cheap to clone (hyper's pool clones its connector for
+/// every request): everything but the mode sits behind one `Arc`.
 #[derive(Clone)]
 pub(crate) struct MeshConnector {
-    target: Arc<HostPort>,
+    inner: Arc<ConnectorInner>,
+    mode: Mode,
+}
+
+struct ConnectorInner {
+    target: HostPort,
     server_name: ServerName<'static>,
     tls: Arc<TlsState>,
     dns: Arc<DnsCache>,
     metrics: ListenerMetrics,
-    mode: Mode,
-    peer: Arc<PeerProtocol>,
+    peer: PeerProtocol,
     connect_timeout: Duration,
     handshake_timeout: Duration,
 }
@@ -169,16 +178,18 @@ impl MeshConnector {
         metrics: ListenerMetrics,
     ) -> Self {
         Self {
-            target: Arc::new(config.upstream.clone()),
-            server_name: ServerName::try_from(config.server_name.clone())
-                .expect("server_name is validated by the config parser"),
-            tls,
-            dns,
-            metrics,
+            inner: Arc::new(ConnectorInner {
+                target: config.upstream.clone(),
+                server_name: ServerName::try_from(config.server_name.clone())
+                    .expect("server_name is validated by the config parser"),
+                tls,
+                dns,
+                metrics,
+                peer: PeerProtocol::default(),
+                connect_timeout: config.limits.connect_timeout,
+                handshake_timeout: config.limits.handshake_timeout,
+            }),
             mode: Mode::Learn,
-            peer: Arc::default(),
-            connect_timeout: config.limits.connect_timeout,
-            handshake_timeout: config.limits.handshake_timeout,
         }
     }
 
@@ -190,30 +201,30 @@ impl MeshConnector {
     }
 
     /// What this listener's connectors learned about the peer.
-    pub(crate) fn peer(&self) -> &Arc<PeerProtocol> {
-        &self.peer
+    pub(crate) fn peer(&self) -> &PeerProtocol {
+        &self.inner.peer
     }
 
     async fn connect(self) -> io::Result<MeshConn> {
         match self.mode {
             Mode::Learn => {
-                if let Some(c) = self.peer.take_spare(false) {
+                if let Some(c) = self.peer().take_spare(false) {
                     return Ok(c);
                 }
                 self.dial().await
             }
             Mode::H2 => {
-                if let Some(c) = self.peer.take_spare(true) {
+                if let Some(c) = self.peer().take_spare(true) {
                     return Ok(c);
                 }
-                let peer = self.peer.clone();
+                let inner = self.inner.clone();
                 let c = self.dial().await?;
                 if c.h2 {
                     return Ok(c);
                 }
                 // The peer stopped offering h2: keep the connection for the HTTP/1.1 client,
                 // which the next request will pick. This request gets a 502.
-                peer.keep_spare(c);
+                inner.peer.keep_spare(c);
                 Err(io::Error::other("the peer no longer negotiates h2"))
             }
             Mode::Http1 => self.dial().await,
@@ -221,23 +232,24 @@ impl MeshConnector {
     }
 
     async fn dial(self) -> io::Result<MeshConn> {
-        let tcp = match self
+        let i = &*self.inner;
+        let tcp = match i
             .dns
-            .connect(&self.target, self.connect_timeout, &self.metrics)
+            .connect(&i.target, i.connect_timeout, &i.metrics)
             .await
         {
             Ok(s) => s,
             Err(e) => return Err(self.upstream_failed(e)),
         };
         let _ = tcp.set_nodelay(true);
-        let loaded = self.tls.current();
+        let loaded = i.tls.current();
         let config = if self.mode == Mode::Http1 {
             loaded.client_http1.clone()
         } else {
             loaded.client_http.clone()
         };
-        let handshake = TlsConnector::from(config).connect(self.server_name.clone(), tcp);
-        let tls = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+        let handshake = TlsConnector::from(config).connect(i.server_name.clone(), tcp);
+        let tls = match tokio::time::timeout(i.handshake_timeout, handshake).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 self.refused(RejectReason::from_io(&e), &e);
@@ -252,10 +264,10 @@ impl MeshConnector {
                 return Err(e);
             }
         };
-        self.metrics.handshakes.inc();
+        i.metrics.handshakes.inc();
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         if self.mode != Mode::Http1 {
-            self.peer.record(h2, &self.metrics.name);
+            i.peer.record(h2, &i.metrics.name);
         }
         Ok(MeshConn {
             io: TokioIo::new(tls),
@@ -264,14 +276,14 @@ impl MeshConnector {
     }
 
     fn upstream_failed(&self, e: io::Error) -> io::Error {
-        self.metrics.upstream_failures.inc();
-        warn!(listener = %self.metrics.name, upstream = %self.target, error = %e, "upstream unreachable");
+        self.inner.metrics.upstream_failures.inc();
+        warn!(listener = %self.inner.metrics.name, upstream = %self.inner.target, error = %e, "upstream unreachable");
         e
     }
 
     fn refused(&self, reason: RejectReason, e: &io::Error) {
-        self.metrics.handshake_failed(reason);
-        warn!(listener = %self.metrics.name, direction = "outbound", peer = %self.target, reason = reason.as_str(), error = %e, "tls handshake refused");
+        self.inner.metrics.handshake_failed(reason);
+        warn!(listener = %self.inner.metrics.name, direction = "outbound", peer = %self.inner.target, reason = reason.as_str(), error = %e, "tls handshake refused");
     }
 }
 

@@ -4,6 +4,7 @@
 #
 #   bash build/symbol-order.sh          regenerate proxy/symbol-order.txt (about 5 minutes)
 #   bash build/symbol-order.sh check    how many of its names the current release link still has
+#   STATIC_GLIBC=1 bash build/symbol-order.sh [check]   the same for proxy/symbol-order-static.txt
 #
 # proxy/build.rs passes proxy/symbol-order.txt to lld (--symbol-ordering-file) for release
 # builds. Its names are mangled Rust symbols, whose hashes change with the proxy's dependencies,
@@ -27,15 +28,25 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(dirname "$root")/target}"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 bin="$CARGO_TARGET_DIR/release/enclaveid-proxy"
+order=proxy/symbol-order.txt
+cargo_args=()
+# STATIC_GLIBC=1: the static-glibc build (proxy/symbol-order-static.txt; see proxy/build.rs).
+if [ "${STATIC_GLIBC:-0}" = 1 ]; then
+  export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
+  cargo_args=(--target x86_64-unknown-linux-gnu)
+  bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/enclaveid-proxy"
+  order=proxy/symbol-order-static.txt
+fi
 
 link() {
-  ENCLAVEID_PROXY_LINK_MAP="$scratch/link.map" cargo build --release --locked -p enclaveid-proxy >&2
+  ENCLAVEID_PROXY_LINK_MAP="$scratch/link.map" cargo build --release --locked -p enclaveid-proxy \
+    "${cargo_args[@]}" >&2
   cp "$bin" "$scratch/enclaveid-proxy"
 }
 
 if [ "${1:-}" = check ]; then
   link
-  exec python3 build/symbol-order.py check "$scratch/link.map" proxy/symbol-order.txt
+  exec python3 build/symbol-order.py check "$scratch/link.map" "$order"
 fi
 for tool in valgrind perf openssl curl python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing (bash benches/install.sh)" >&2; exit 1; }
@@ -177,6 +188,6 @@ for mode in tcp both; do
   export PERF_ARGS="-e page-faults -c 1 -d" PERF_OUT="$d/faults"
   workload "$d" "$mode" bash "$scratch/perf.sh"
 done
-python3 build/symbol-order.py order "$scratch/link.map" enclaveid-proxy proxy/symbol-order.txt \
+python3 build/symbol-order.py order "$scratch/link.map" enclaveid-proxy "$order" \
   "$scratch/tcp" "$scratch/http" "$scratch/json"
-echo "wrote proxy/symbol-order.txt; rebuild and run: bash build/symbol-order.sh check" >&2
+echo "wrote $order; rebuild and run: bash build/symbol-order.sh check" >&2

@@ -19,14 +19,25 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=symbol-order.txt");
+    println!("cargo:rerun-if-changed=symbol-order-static.txt");
     println!("cargo:rerun-if-env-changed=ENCLAVEID_PROXY_LINK_MAP");
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     let linux = env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
     if !release || !linux {
         return;
     }
+    // A static-glibc build (`-C target-feature=+crt-static`, which needs `--target`) has other
+    // symbol hashes (cargo's `-C metadata` depends on `--target`) and glibc's own functions, so
+    // it has its own order (benches/README.md, "static glibc").
+    let static_glibc = env::var("CARGO_CFG_TARGET_FEATURE")
+        .is_ok_and(|features| features.split(',').any(|f| f == "crt-static"));
+    let file = if static_glibc {
+        "symbol-order-static.txt"
+    } else {
+        "symbol-order.txt"
+    };
     let dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let order = Path::new(&dir).join("symbol-order.txt");
+    let order = Path::new(&dir).join(file);
     println!(
         "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
         order.display()

@@ -46,7 +46,8 @@ link() {
 
 if [ "${1:-}" = check ]; then
   link
-  exec python3 build/symbol-order.py check "$scratch/link.map" "$order"
+  python3 build/symbol-order.py check "$scratch/link.map" "$order"
+  exit
 fi
 for tool in valgrind perf openssl curl python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing (bash benches/install.sh)" >&2; exit 1; }
@@ -191,3 +192,4 @@ done
 python3 build/symbol-order.py order "$scratch/link.map" enclaveid-proxy "$order" \
   "$scratch/tcp" "$scratch/http" "$scratch/json"
 echo "wrote $order; rebuild and run: bash build/symbol-order.sh check" >&2
+rm -rf "$scratch"

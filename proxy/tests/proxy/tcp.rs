@@ -1,6 +1,9 @@
 //! `tcp` mode through two sidecars: bytes in order, half-close, app down, connection limit.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+
+use enclaveid_proxy::ProxyHandle;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,20 +17,7 @@ use crate::harness::{
 async fn two_sidecars_copy_every_byte_and_half_close() {
     let pki = Pki::new();
     let app = EchoApp::start().await;
-    let inbound = proxy(
-        &inbound_yaml(
-            app.addr,
-            "tcp",
-            "    allow: [\"spiffe://cluster.local/ns/default/sa/frontend\"]\n",
-        ),
-        &pki.workload("backend"),
-    )
-    .await;
-    let outbound = proxy(
-        &outbound_yaml(inbound.inbound_addr(0), "tcp", BACKEND),
-        &pki.workload("frontend"),
-    )
-    .await;
+    let (inbound, outbound) = frontend_to_backend(&pki, app.addr).await;
 
     let mut c = TcpStream::connect(outbound.outbound_addr(0)).await.unwrap();
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -265,20 +255,7 @@ async fn an_upstream_dns_name_is_resolved_through_the_cache() {
 async fn a_peer_seen_before_is_verified_from_the_chain_cache() {
     let pki = Pki::new();
     let app = EchoApp::start().await;
-    let inbound = proxy(
-        &inbound_yaml(
-            app.addr,
-            "tcp",
-            "    allow: [\"spiffe://cluster.local/ns/default/sa/frontend\"]\n",
-        ),
-        &pki.workload("backend"),
-    )
-    .await;
-    let outbound = proxy(
-        &outbound_yaml(inbound.inbound_addr(0), "tcp", BACKEND),
-        &pki.workload("frontend"),
-    )
-    .await;
+    let (inbound, outbound) = frontend_to_backend(&pki, app.addr).await;
     for round in 0..3u8 {
         let mut c = TcpStream::connect(outbound.outbound_addr(0)).await.unwrap();
         c.write_all(&[round; 4]).await.unwrap();
@@ -298,4 +275,24 @@ async fn a_peer_seen_before_is_verified_from_the_chain_cache() {
         assert_eq!(lookups(h, "miss"), 1.0, "{side}: misses");
         assert_eq!(lookups(h, "hit"), 2.0, "{side}: hits");
     }
+}
+
+/// An outbound sidecar (identity `frontend`) dialling an inbound one (identity `backend`,
+/// admitting only `frontend`) in front of `app`, both in `tcp` mode.
+async fn frontend_to_backend(pki: &Pki, app: SocketAddr) -> (ProxyHandle, ProxyHandle) {
+    let inbound = proxy(
+        &inbound_yaml(
+            app,
+            "tcp",
+            "    allow: [\"spiffe://cluster.local/ns/default/sa/frontend\"]\n",
+        ),
+        &pki.workload("backend"),
+    )
+    .await;
+    let outbound = proxy(
+        &outbound_yaml(inbound.inbound_addr(0), "tcp", BACKEND),
+        &pki.workload("frontend"),
+    )
+    .await;
+    (inbound, outbound)
 }

@@ -162,6 +162,21 @@ impl TestCa {
         }
     }
 
+    /// The TLS material a sidecar would load: this CA pinned, `leaf` and its key.
+    ///
+    /// # Panics
+    /// When the material does not verify, which a leaf from this CA always does.
+    #[must_use]
+    pub fn material(&self, leaf: &TestCert) -> crate::tls::Material {
+        crate::tls::Material::from_pem(
+            self.cert_pem().as_bytes(),
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            ["ca", "cert", "key"],
+        )
+        .expect("freshly minted material verifies")
+    }
+
     /// Issues a leaf from a spec.
     #[must_use]
     pub fn issue(&self, spec: &LeafSpec) -> TestCert {
@@ -309,13 +324,7 @@ mod tests {
     fn workload_leaf_verifies_and_bad_ones_do_not() {
         let ca = TestCa::new("test CA");
         let good = ca.workload("frontend");
-        let m = Material::from_pem(
-            ca.cert_pem().as_bytes(),
-            good.cert_pem.as_bytes(),
-            good.key_pem.as_bytes(),
-            ["ca", "cert", "key"],
-        )
-        .unwrap();
+        let m = ca.material(&good);
         assert_eq!(
             m.identity().uris,
             ["spiffe://cluster.local/ns/default/sa/frontend"]

@@ -20,7 +20,7 @@ use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
 use enclaveid_pki::testing::TestCa;
-use enclaveid_pki::tls::{Material, TlsSettings};
+use enclaveid_pki::tls::TlsSettings;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -82,28 +82,17 @@ async fn send_batch<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, chunk: usize) 
     ThreadCpu.end(start)
 }
 
-fn material(ca: &TestCa, sa: &str) -> Material {
-    let leaf = ca.workload(sa);
-    Material::from_pem(
-        ca.cert_pem().as_bytes(),
-        leaf.cert_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        ["ca", "cert", "key"],
-    )
-    .expect("freshly minted material verifies")
-}
-
 fn bench_tls(c: &mut Criterion<ThreadCpu>) {
     let rt = runtime();
     let ca = TestCa::new("bench-mesh-ca");
     let settings = TlsSettings::default();
     let acceptor = TlsAcceptor::from(Arc::new(
-        material(&ca, "backend")
+        ca.material(&ca.workload("backend"))
             .server_config(&settings, None, &[])
             .expect("server config"),
     ));
     let connector = TlsConnector::from(Arc::new(
-        material(&ca, "frontend")
+        ca.material(&ca.workload("frontend"))
             .client_config(&settings, &[])
             .expect("client config"),
     ));
@@ -155,12 +144,12 @@ fn bench_tls_unbuffered(c: &mut Criterion<ThreadCpu>) {
     let ca = TestCa::new("bench-mesh-ca");
     let settings = TlsSettings::default();
     let server = Arc::new(
-        material(&ca, "backend")
+        ca.material(&ca.workload("backend"))
             .server_config(&settings, None, &[])
             .expect("server config"),
     );
     let client = Arc::new(
-        material(&ca, "frontend")
+        ca.material(&ca.workload("frontend"))
             .client_config(&settings, &[])
             .expect("client config"),
     );

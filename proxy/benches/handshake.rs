@@ -18,7 +18,7 @@ use criterion::{
 };
 use enclaveid_pki::pem;
 use enclaveid_pki::testing::{TestCa, TestCert};
-use enclaveid_pki::tls::{ChainCacheCounters, Material, TlsSettings, CHAIN_CACHE_CAPACITY};
+use enclaveid_pki::tls::{ChainCacheCounters, TlsSettings, CHAIN_CACHE_CAPACITY};
 use rustls::crypto::{aws_lc_rs, CryptoProvider, SupportedKxGroup};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig};
@@ -59,16 +59,6 @@ fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, buf: &mut V
     }
 }
 
-fn material(ca: &TestCa, leaf: &TestCert) -> Material {
-    Material::from_pem(
-        ca.cert_pem().as_bytes(),
-        leaf.cert_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        ["ca", "cert", "key"],
-    )
-    .expect("freshly minted material verifies")
-}
-
 /// The proxy's own configurations, from fresh material whose verified-chain caches hold
 /// `capacity` chains (0: no cache).
 fn configs(
@@ -79,11 +69,13 @@ fn configs(
 ) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
     let settings = TlsSettings::default();
     let counters = Arc::new(ChainCacheCounters::default());
-    let server = material(ca, server)
+    let server = ca
+        .material(server)
         .with_chain_cache(capacity, counters.clone())
         .server_config(&settings, None, &[])
         .expect("server config");
-    let client = material(ca, client)
+    let client = ca
+        .material(client)
         .with_chain_cache(capacity, counters)
         .client_config(&settings, &[])
         .expect("client config");

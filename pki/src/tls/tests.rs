@@ -15,16 +15,6 @@ use crate::identity::{AllowPattern, PeerIdentity};
 use crate::pem;
 use crate::testing::{loopback_handshake, LeafSpec, TestCa, TestCert};
 
-fn material(ca: &TestCa, leaf: &TestCert) -> Material {
-    Material::from_pem(
-        ca.cert_pem().as_bytes(),
-        leaf.cert_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        ["ca", "cert", "key"],
-    )
-    .expect("freshly minted material verifies")
-}
-
 /// (hits, misses) of a material's caches.
 fn counts(m: &Material) -> (u64, u64) {
     let c = m.chain_cache_counters();
@@ -71,8 +61,8 @@ fn reason(e: &std::io::Error) -> RejectReason {
 #[test]
 fn a_second_handshake_with_the_same_peer_hits_the_cache_and_still_runs_per_handshake_checks() {
     let ca = TestCa::new("mesh CA");
-    let server = material(&ca, &ca.workload("backend"));
-    let client = material(&ca, &ca.workload("frontend"));
+    let server = ca.material(&ca.workload("backend"));
+    let client = ca.material(&ca.workload("frontend"));
     let settings = TlsSettings::default();
     let listener = Arc::new(
         server
@@ -127,7 +117,7 @@ fn a_cached_chain_is_refused_outside_its_validity_window() {
     let ca = TestCa::new("mesh CA");
     let leaf = ca.workload("frontend");
     let (not_before, not_after) = window(&leaf);
-    let server = material(&ca, &ca.workload("backend"));
+    let server = ca.material(&ca.workload("backend"));
     let v = server.mesh_client_verifier(None).unwrap();
     let now = UnixTime::now();
 
@@ -161,7 +151,7 @@ fn a_cached_chain_is_refused_outside_its_validity_window() {
     assert_eq!(counts(&server), (2, 5));
 
     // The same on the client side, for the server's chain.
-    let client = material(&ca, &ca.workload("frontend"));
+    let client = ca.material(&ca.workload("frontend"));
     let v = client.mesh_server_verifier().unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let verify = |t| v.verify_server_cert(&leaf.der, &[], &name, &[], t);
@@ -182,7 +172,7 @@ fn a_chain_from_another_ca_with_the_same_subject_is_refused() {
         PeerIdentity::from_der(&good.der).unwrap(),
         PeerIdentity::from_der(&rogue.der).unwrap()
     );
-    let server = material(&ca, &ca.workload("backend"));
+    let server = ca.material(&ca.workload("backend"));
     let listener = Arc::new(
         server
             .server_config(&TlsSettings::default(), Some(allow("frontend")), &[])
@@ -211,7 +201,7 @@ fn a_chain_from_another_ca_with_the_same_subject_is_refused() {
 #[test]
 fn refused_chains_are_never_cached() {
     let ca = TestCa::new("mesh CA");
-    let server = material(&ca, &ca.workload("backend"));
+    let server = ca.material(&ca.workload("backend"));
     let v = server.mesh_client_verifier(None).unwrap();
     let now = UnixTime::now();
     let rogue = TestCa::new("mesh CA").workload("frontend");
@@ -265,7 +255,9 @@ fn refused_chains_are_never_cached() {
 fn the_cache_never_exceeds_its_bound_and_evicts_the_oldest() {
     let ca = TestCa::new("mesh CA");
     let counters = Arc::new(ChainCacheCounters::default());
-    let server = material(&ca, &ca.workload("backend")).with_chain_cache(4, counters.clone());
+    let server = ca
+        .material(&ca.workload("backend"))
+        .with_chain_cache(4, counters.clone());
     let v = server.mesh_client_verifier(None).unwrap();
     let now = UnixTime::now();
     let leaves: Vec<_> = (0..10).map(|i| ca.workload(&format!("sa{i}"))).collect();
@@ -288,7 +280,8 @@ fn the_cache_never_exceeds_its_bound_and_evicts_the_oldest() {
     assert_eq!(server.chain_cache_len(), 4);
 
     // Capacity 0 turns the cache off: nothing is held or counted.
-    let off = material(&ca, &ca.workload("backend"))
+    let off = ca
+        .material(&ca.workload("backend"))
         .with_chain_cache(0, Arc::new(ChainCacheCounters::default()));
     let v = off.mesh_client_verifier(None).unwrap();
     v.verify_client_cert(&leaves[0].der, &[], now).unwrap();
@@ -302,8 +295,8 @@ fn new_material_starts_with_empty_caches() {
     let ca_a = TestCa::new("mesh CA");
     let ca_b = TestCa::new("mesh CA");
     let peer = ca_a.workload("frontend");
-    let before = material(&ca_a, &ca_a.workload("backend"));
-    let after = material(&ca_b, &ca_b.workload("backend"));
+    let before = ca_a.material(&ca_a.workload("backend"));
+    let after = ca_b.material(&ca_b.workload("backend"));
     let now = UnixTime::now();
     before
         .mesh_client_verifier(None)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enclaveid_pki::testing::TestCa;
-use enclaveid_pki::tls::{Material, TlsSettings};
+use enclaveid_pki::tls::TlsSettings;
 use futures_util::FutureExt;
 use rustls::{ClientConnection, ServerConfig};
 use rustls_pki_types::ServerName;
@@ -17,20 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::tls_io::{accept, connect, TlsStream};
 
-fn material(ca: &TestCa, sa: &str) -> Material {
-    let leaf = ca.workload(sa);
-    Material::from_pem(
-        ca.cert_pem().as_bytes(),
-        leaf.cert_pem.as_bytes(),
-        leaf.key_pem.as_bytes(),
-        ["ca", "cert", "key"],
-    )
-    .expect("freshly minted material verifies")
-}
-
 fn server_config(ca: &TestCa) -> Arc<ServerConfig> {
     Arc::new(
-        material(ca, "backend")
+        ca.material(&ca.workload("backend"))
             .server_config(&TlsSettings::default(), None, &[])
             .unwrap(),
     )
@@ -38,7 +27,7 @@ fn server_config(ca: &TestCa) -> Arc<ServerConfig> {
 
 fn client_config(ca: &TestCa) -> Arc<rustls::ClientConfig> {
     Arc::new(
-        material(ca, "frontend")
+        ca.material(&ca.workload("frontend"))
             .client_config(&TlsSettings::default(), &[])
             .unwrap(),
     )
@@ -501,7 +490,7 @@ async fn tls12_where_a_listener_allows_it() {
         session_resumption: false,
     };
     let server = Arc::new(
-        material(&ca, "backend")
+        ca.material(&ca.workload("backend"))
             .server_config(&settings, None, &[])
             .unwrap(),
     );
